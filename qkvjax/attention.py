@@ -1,0 +1,77 @@
+"""Scaled dot-product attention as a pure function of arrays.
+
+Shapes are spelled in the names: B batch, T query positions, S key positions,
+H heads, D head dimension (d_k = d_v = D here).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+# The default scale, 1/sqrt(d_k). Pass ``scale=None`` for no scaling (a scale
+# of 1) or a number to use that number.
+INV_SQRT_DK = "inv_sqrt_dk"
+
+
+class Attention(NamedTuple):
+  """What attention computed: the output and, for metrics, its internals."""
+
+  out_BxTxHxD: jax.Array
+  logits_BxHxTxS: jax.Array  # scaled scores, before masking
+  weights_BxHxTxS: jax.Array  # softmax of the masked logits
+
+
+def resolve_scale(scale: float | str | None, d_k: int) -> float:
+  """Turns the ``scale`` argument into the number the scores are multiplied by."""
+  if scale == INV_SQRT_DK:
+    return 1.0 / math.sqrt(d_k)
+  if scale is None:
+    return 1.0
+  if isinstance(scale, str):
+    raise ValueError(f"scale={scale!r}: expected {INV_SQRT_DK!r}, None or a number")
+  return float(scale)
+
+
+def causal_mask(t: int, s: int | None = None) -> jax.Array:
+  """Boolean [T, S] mask, True where query t may attend to key s (s <= t)."""
+  s = t if s is None else s
+  return jnp.tril(jnp.ones((t, s), dtype=bool), k=s - t)
+
+
+def dot_product_attention(
+    query_BxTxHxD: jax.Array,
+    key_BxSxHxD: jax.Array,
+    value_BxSxHxD: jax.Array,
+    mask: jax.Array | None = None,
+    scale: float | str | None = INV_SQRT_DK,
+) -> Attention:
+  """softmax(scale * Q K^T) V per head, with the softmax in float32.
+
+  Args:
+    query_BxTxHxD: queries.
+    key_BxSxHxD: keys.
+    value_BxSxHxD: values.
+    mask: optional boolean mask broadcastable to [B, H, T, S]; True = attend.
+    scale: ``INV_SQRT_DK`` (default), ``None`` for no scaling, or a number.
+
+  Returns:
+    ``Attention(out, logits, weights)``.
+  """
+  d_k = query_BxTxHxD.shape[-1]
+  logits_BxHxTxS = jnp.einsum(
+      "bthd,bshd->bhts", query_BxTxHxD, key_BxSxHxD
+  ).astype(jnp.float32) * resolve_scale(scale, d_k)
+  masked_BxHxTxS = logits_BxHxTxS
+  if mask is not None:
+    masked_BxHxTxS = jnp.where(
+        mask, logits_BxHxTxS, jnp.finfo(jnp.float32).min
+    )
+  weights_BxHxTxS = jax.nn.softmax(masked_BxHxTxS, axis=-1)
+  out_BxTxHxD = jnp.einsum(
+      "bhts,bshd->bthd", weights_BxHxTxS.astype(value_BxSxHxD.dtype), value_BxSxHxD
+  )
+  return Attention(out_BxTxHxD, logits_BxHxTxS, weights_BxHxTxS)

@@ -1,0 +1,72 @@
+"""``report.md``: what a run showed, claim by claim, with its figures."""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+from qkvjax import results
+
+
+def fmt(x, digits: int = 3) -> str:
+  return "n/a" if x is None else f"{x:.{digits}g}"
+
+
+def effect_cell(effect: dict[str, Any]) -> str:
+  ci = effect["ci95"]
+  ci_text = "n/a" if ci is None else f"[{fmt(ci[0])}, {fmt(ci[1])}]"
+  return f"{fmt(effect['mean'])} ± {fmt(effect['std'])} (95% CI {ci_text})"
+
+
+def claims_table(claims: list[dict[str, Any]]) -> list[str]:
+  lines = ["| claim | measured | effect: mean ± std (95% CI) | seeds | verdict |",
+           "|---|---|---|---|---|"]
+  for c in claims:
+    lines.append(f"| {c['claim']} | {c['measured']} | {effect_cell(c['effect'])} | "
+                 f"{c['effect']['n']} | **{c['verdict']}** |")
+  return lines
+
+
+def write_specialization_report(run_dir: pathlib.Path, saved_config: dict[str, Any],
+                                summary: dict[str, Any], figures: dict[str, str]) -> None:
+  cfg = saved_config["config"]
+  m = cfg["model"]
+  lines = [
+      "# qkvjax: how W_Q, W_K and W_V specialize",
+      "",
+      f"Run `{run_dir.name}`: {cfg['num_seeds']} seeds × {cfg['steps']} steps, "
+      f"{m['n_layers']} layers × {m['n_heads']} heads, d_model {m['d_model']}, "
+      f"d_head {m['d_head']}, {'causal' if m['causal'] else 'bidirectional'}, "
+      f"optimizer {cfg['optim']['optimizer']} lr {cfg['optim']['learning_rate']}; "
+      f"backend {saved_config['backend']} ({saved_config['device_kind']}), "
+      f"jax {saved_config['versions']['jax']}, commit {saved_config['git_commit']}.",
+      "",
+      "Task: a sequence of nouns of distinct categories followed by a verb; the model "
+      "predicts, at the verb, the colour of the noun the verb selects (`task.json`). "
+      "Effects are across seeds: mean ± std, 95% percentile-bootstrap CI of the mean; "
+      "a claim is *supported* when the CI lies on the claimed side, *not supported* "
+      "when it lies on the other, and *inconclusive* otherwise.",
+      "",
+  ]
+  if summary["diverged_seeds"]:
+    lines += [f"**Diverged seeds** (excluded from the statistics): "
+              + ", ".join(f"seed {d['seed']} at step {d['step']}"
+                          for d in summary["diverged_seeds"]), ""]
+  else:
+    lines += ["No seed diverged.", ""]
+  lines += ["## Claims", ""] + claims_table(summary["claims"]) + [""]
+  lines += ["## Quotes tested", ""]
+  for c in summary["claims"]:
+    lines.append(f"- *{c['claim']}* — “{c['quote']}” ({c['source']})")
+  lines += ["", "## Figures", ""]
+  for title, png in figures.items():
+    pdf = png.replace(".png", ".pdf")
+    lines += [f"### {title}", "", f"![{title}]({png}) ([PDF]({pdf}))", ""]
+  final = summary["final"]
+  lines += ["## Final values", "", "| metric | mean ± std (95% CI) | seeds |", "|---|---|---|"]
+  for key in ("loss", "accuracy"):
+    lines.append(f"| {key} | {effect_cell(final[key])} | {final[key]['n']} |")
+  lines += ["", "Every metric's final value per seed is in `summary.json`; every logging "
+            "point in `metrics.jsonl`. Redraw the figures with "
+            f"`python -m experiments.run --exp=figures --config.run_dir={run_dir}`.", ""]
+  results.write_atomic(run_dir / "report.md", "\n".join(lines))

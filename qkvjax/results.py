@@ -1,0 +1,178 @@
+"""Results directories: unique run dirs, atomic files, provenance, metrics I/O."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import pathlib
+import platform
+import subprocess
+import sys
+import tempfile
+from importlib import metadata
+from typing import Any, Iterable
+
+import numpy as np
+
+from qkvjax.config import ConfigError
+
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "matplotlib",
+            "ml_collections", "absl-py", "tqdm")
+
+
+def check_writable(results_dir: str | os.PathLike) -> pathlib.Path:
+  """Fails with a ConfigError, creating nothing, if runs cannot be written."""
+  path = pathlib.Path(results_dir)
+  probe = path
+  while not probe.exists():
+    probe = probe.parent
+  if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+    raise ConfigError(f"--results_dir={str(results_dir)!r} is not writable "
+                      f"({probe} is not a writable directory); "
+                      "accepted: a directory you can write to")
+  return path
+
+
+def new_run_dir(results_dir: str | os.PathLike, exp: str) -> pathlib.Path:
+  """Creates ``results_dir/exp/<timestamp>[-n]``; never reuses an existing one."""
+  parent = check_writable(results_dir) / exp
+  parent.mkdir(parents=True, exist_ok=True)
+  stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+  for n in range(1000):
+    run_dir = parent / (stamp if n == 0 else f"{stamp}-{n}")
+    try:
+      run_dir.mkdir()
+      return run_dir
+    except FileExistsError:
+      continue
+  raise RuntimeError(f"could not create a fresh run directory under {parent}")
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
+  """Writes via a temporary file and ``os.replace``: never half-written."""
+  path = pathlib.Path(path)
+  mode = "wb" if isinstance(data, bytes) else "w"
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+  try:
+    with os.fdopen(fd, mode) as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    pathlib.Path(tmp).unlink(missing_ok=True)
+    raise
+
+
+def _jsonable(x: Any) -> Any:
+  """Plain JSON: numpy scalars to Python, non-finite floats to null."""
+  if isinstance(x, dict):
+    return {str(k): _jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_jsonable(v) for v in x]
+  if isinstance(x, np.ndarray):
+    return _jsonable(x.tolist())
+  if isinstance(x, (np.bool_, bool)):
+    return bool(x)
+  if isinstance(x, (np.integer, int)):
+    return int(x)
+  if isinstance(x, (np.floating, float)):
+    return float(x) if math.isfinite(x) else None
+  return x
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+  write_atomic(path, json.dumps(_jsonable(obj), indent=1, allow_nan=False) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+  return json.loads(pathlib.Path(path).read_text())
+
+
+def git_commit() -> str | None:
+  try:
+    out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
+                         text=True, timeout=5,
+                         cwd=pathlib.Path(__file__).resolve().parent)
+    return out.stdout.strip() if out.returncode == 0 else None
+  except (OSError, subprocess.SubprocessError):
+    return None
+
+
+def provenance(mesh=None) -> dict[str, Any]:
+  """Versions, device and code revision a run ran with."""
+  import jax  # pylint: disable=g-import-not-at-top
+  versions = {}
+  for name in PACKAGES:
+    try:
+      versions[name] = metadata.version(name)
+    except metadata.PackageNotFoundError:
+      versions[name] = None
+  devices = jax.devices()
+  return {
+      "versions": versions,
+      "python": sys.version.split()[0],
+      "platform": platform.platform(),
+      "backend": jax.default_backend(),
+      "devices": [str(d) for d in devices],
+      "device_kind": devices[0].device_kind,
+      "seed_axis_devices": None if mesh is None else int(mesh.devices.size),
+      "git_commit": git_commit(),
+      "argv": sys.argv,
+      "started": datetime.datetime.now().isoformat(timespec="seconds"),
+  }
+
+
+class MetricsWriter:
+  """Appends long-format rows (one per step and seed) to ``metrics.jsonl``.
+
+  Each logging point is written with one ``write`` and flushed, so a crash
+  leaves whole lines; ``read_metrics`` ignores a torn last line.
+  """
+
+  def __init__(self, path: str | os.PathLike):
+    self._f = open(path, "a", encoding="utf-8")  # pylint: disable=consider-using-with
+
+  def write(self, step: int, metrics: dict[str, np.ndarray]) -> None:
+    num_seeds = len(next(iter(metrics.values())))
+    lines = []
+    for seed in range(num_seeds):
+      row = {"step": int(step), "seed": seed}
+      row.update({k: v[seed] for k, v in metrics.items()})
+      lines.append(json.dumps(_jsonable(row), allow_nan=False))
+    self._f.write("\n".join(lines) + "\n")
+    self._f.flush()
+
+  def close(self) -> None:
+    self._f.close()
+
+
+_DIVERGENCE_KEYS = ("diverged", "diverged_step")
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+  rows = []
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      try:
+        rows.append(json.loads(line))
+      except json.JSONDecodeError:
+        break  # a torn last line from an interrupted run
+  return rows
+
+
+def metric_table(rows: Iterable[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
+  """``(steps [N], values [num_seeds, N])`` for one metric. Nulls, and a
+  diverged seed's values from its divergence on, are NaN."""
+  rows = list(rows)
+  steps = sorted({r["step"] for r in rows})
+  seeds = sorted({r["seed"] for r in rows})
+  s_index = {s: i for i, s in enumerate(steps)}
+  values = np.full((len(seeds), len(steps)), np.nan)
+  for r in rows:
+    v = r.get(key)
+    if v is not None and not (r.get("diverged") and key not in _DIVERGENCE_KEYS):
+      values[r["seed"], s_index[r["step"]]] = v
+  return np.array(steps), values
