@@ -36,6 +36,7 @@ def main(argv: list[str]) -> int:
   try:
     rest, overrides = config_lib.split_override_args(argv)
     try:
+      FLAGS.unparse_flags()  # main() may be called more than once (tests)
       FLAGS(rest)
     except flags.Error as e:
       raise config_lib.ConfigError(str(e).splitlines()[0]) from None
