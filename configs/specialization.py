@@ -30,6 +30,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.d_mlp = 128
   c.model.causal = True           # False: bidirectional (encoder)
   c.model.residual = True
+  c.model.residual_scale = 1.0    # x + residual_scale * branch
+  c.model.tie = "none"            # "qk": W_K = W_Q; "qkv": W_Q = W_K = W_V
+  c.model.value_proj = True       # False: V is the layer input (needs H*D = d_model)
+  c.model.qk_norm = False         # LayerNorm on q and k (QK-norm)
   c.model.qkv_init = "lecun_normal"  # same initializer for W_Q, W_K, W_V
   c.model.qkv_init_scale = 1.0
   c.model.attn_scale = "inv_sqrt_dk"  # or "none", or a number

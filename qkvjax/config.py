@@ -132,6 +132,13 @@ def validate_training_config(c: ml_collections.ConfigDict) -> None:
       pass
   _require(scale_ok, "model.attn_scale", c.model.attn_scale,
            "'inv_sqrt_dk', 'none' or a number > 0")
+  _require(c.model.tie in model_lib.TIE_MODES, "model.tie", c.model.tie,
+           ", ".join(model_lib.TIE_MODES))
+  _require(c.model.value_proj or c.model.n_heads * c.model.d_head == c.model.d_model,
+           "model.value_proj", c.model.value_proj,
+           "True, or False only when n_heads * d_head == d_model")
+  _require(c.model.residual_scale > 0, "model.residual_scale", c.model.residual_scale,
+           "a number > 0")
   _require(c.optim.optimizer in train.OPTIMIZERS, "optim.optimizer",
            c.optim.optimizer, ", ".join(train.OPTIMIZERS))
   _require(c.optim.learning_rate > 0, "optim.learning_rate",

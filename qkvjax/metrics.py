@@ -32,7 +32,8 @@ def named_matrices(params: model_lib.Params) -> dict[str, jax.Array]:
          "unembed": params["unembed"]}
   for l, layer in enumerate(params["layers"]):
     for name in model_lib.ATTN_MATRICES:
-      out[f"L{l}/{name}"] = layer[name]
+      if name in layer:  # tied or absent projections are not parameters
+        out[f"L{l}/{name}"] = layer[name]
   return out
 
 
@@ -71,7 +72,7 @@ def spectrum_metrics(params, init_params) -> Metrics:
   out: Metrics = {}
   for l, (layer, layer0) in enumerate(zip(params["layers"], init_params["layers"])):
     deltas = {}
-    for name in QKV:
+    for name in (n for n in QKV if n in layer):
       w = layer[name].reshape(layer[name].shape[0], -1)
       s = jnp.linalg.svd(w, compute_uv=False)
       out[f"eff_rank/L{l}/{name}"] = effective_rank(s)
@@ -79,6 +80,8 @@ def spectrum_metrics(params, init_params) -> Metrics:
         out[f"sv/L{l}/{name}/{i:03d}"] = s[i]
       deltas[name] = (layer[name] - layer0[name]).ravel()
     for a, b in (("query", "key"), ("query", "value"), ("key", "value")):
+      if a not in deltas or b not in deltas:
+        continue
       out[f"update_cos/L{l}/{a}_{b}"] = _cos(deltas[a], deltas[b])
   return out
 
@@ -130,15 +133,16 @@ def _eigvals(m: jax.Array) -> jax.Array:
                            shape, m, vmap_method="sequential")
 
 
-def ov_copying_metrics(params) -> Metrics:
+def ov_copying_metrics(params, model_cfg) -> Metrics:
   """Copying score per head: sum(Re lambda) / sum(|lambda|) over eigenvalues
   of the OV circuit W_E W_V W_O W_U (Elhage et al. 2021). Its nonzero
   eigenvalues equal those of the D x D matrix W_O W_U W_E W_V, used here."""
   out: Metrics = {}
   w_e, w_u = params["embed"], params["unembed"]
   for l, layer in enumerate(params["layers"]):
-    for h in range(layer["value"].shape[1]):
-      small = layer["out"][h] @ w_u @ w_e @ layer["value"][:, h]
+    w_v = model_lib.value_matrix(layer, model_cfg)
+    for h in range(w_v.shape[1]):
+      small = layer["out"][h] @ w_u @ w_e @ w_v[:, h]
       lam = _eigvals(small)
       out[f"ov_copying/L{l}/H{h}"] = jnp.sum(lam.real) / (jnp.sum(jnp.abs(lam)) + 1e-12)
   return out
@@ -180,7 +184,7 @@ def attention_metrics(trace: model_lib.Trace, batch: tasks.Batch,
 
 
 def all_metrics(*, params, init_params, grads, updates, trace, batch, logits_BxV,
-                loss, causal: bool) -> Metrics:
+                loss, model_cfg) -> Metrics:
   """Everything logged at a logging point, for one seed."""
   out: Metrics = {
       "loss": loss,
@@ -189,6 +193,6 @@ def all_metrics(*, params, init_params, grads, updates, trace, batch, logits_BxV
   out.update(norm_metrics(params, init_params, grads, updates))
   out.update(spectrum_metrics(params, init_params))
   out.update(embedding_similarity_metrics(trace))
-  out.update(ov_copying_metrics(params))
-  out.update(attention_metrics(trace, batch, causal))
+  out.update(ov_copying_metrics(params, model_cfg))
+  out.update(attention_metrics(trace, batch, model_cfg.causal))
   return {k: jnp.asarray(v, jnp.float32) for k, v in out.items()}

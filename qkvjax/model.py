@@ -34,6 +34,8 @@ QKV_INITIALIZERS = {
 }
 
 ATTN_MATRICES = ("query", "key", "value", "out")
+# Weight tying: which projections share W_Q's parameters ("none": separate).
+TIE_MODES = ("none", "qk", "qkv")
 
 
 def _orthogonal_mhd(scale):
@@ -88,6 +90,14 @@ def init_params(key: jax.Array, cfg: ml_collections.ConfigDict,
         "value": qkv_init(next(keys), (m, h, d)),
         "out": out_init(next(keys), (h, d, m)),
     }
+    # Tied or absent projections are not parameters at all (see projections).
+    if cfg.tie in ("qk", "qkv"):
+      del layer["key"]
+    if cfg.tie == "qkv" or not cfg.value_proj:
+      del layer["value"]
+    if cfg.qk_norm:
+      layer["q_norm"] = {"scale": jnp.ones(d), "bias": jnp.zeros(d)}
+      layer["k_norm"] = {"scale": jnp.ones(d), "bias": jnp.zeros(d)}
     mlp_keys = jax.random.split(next(keys))
     if cfg.mlp:
       layer["ln_mlp"] = {"scale": jnp.ones(m), "bias": jnp.zeros(m)}
@@ -98,6 +108,34 @@ def init_params(key: jax.Array, cfg: ml_collections.ConfigDict,
     next(keys)  # keeps key use independent of cfg.mlp
     params["layers"].append(layer)
   return params
+
+
+def projections(layer: Params, h_BxTxM: jax.Array, cfg: ml_collections.ConfigDict):
+  """q, k, v [B, T, H, D] of one layer, honouring tying, value_proj, qk_norm."""
+  w_q = layer["query"]
+  w_k = layer.get("key", w_q)  # tie "qk"/"qkv": W_K is W_Q
+  q_BxTxHxD = jnp.einsum("btm,mhd->bthd", h_BxTxM, w_q)
+  k_BxTxHxD = jnp.einsum("btm,mhd->bthd", h_BxTxM, w_k)
+  if cfg.tie == "qkv":
+    v_BxTxHxD = q_BxTxHxD
+  elif not cfg.value_proj:  # V is the layer input itself, split into heads
+    v_BxTxHxD = h_BxTxM.reshape(*h_BxTxM.shape[:2], cfg.n_heads, cfg.d_head)
+  else:
+    v_BxTxHxD = jnp.einsum("btm,mhd->bthd", h_BxTxM, layer["value"])
+  if cfg.qk_norm:
+    q_BxTxHxD = layer_norm(q_BxTxHxD, layer["q_norm"])
+    k_BxTxHxD = layer_norm(k_BxTxHxD, layer["k_norm"])
+  return q_BxTxHxD, k_BxTxHxD, v_BxTxHxD
+
+
+def value_matrix(layer: Params, cfg: ml_collections.ConfigDict) -> jax.Array:
+  """The effective W_V [M, H, D]: its own, W_Q's when tied, or the identity
+  split into heads when there is no value projection."""
+  if cfg.tie == "qkv":
+    return layer["query"]
+  if not cfg.value_proj:
+    return jnp.eye(cfg.d_model).reshape(cfg.d_model, cfg.n_heads, cfg.d_head)
+  return layer["value"]
 
 
 def layer_norm(x_BxTxM: jax.Array, ln: Params, eps: float = 1e-5) -> jax.Array:
@@ -115,6 +153,14 @@ def attn_scale(cfg: ml_collections.ConfigDict) -> float | str | None:
   return float(cfg.attn_scale)
 
 
+def residual(x_BxTxM: jax.Array, branch_BxTxM: jax.Array,
+             cfg: ml_collections.ConfigDict) -> jax.Array:
+  """x + alpha * branch with a residual stream, else the branch alone."""
+  if not cfg.residual:
+    return branch_BxTxM
+  return x_BxTxM + cfg.residual_scale * branch_BxTxM
+
+
 def forward(params: Params, tokens_BxT: jax.Array,
             cfg: ml_collections.ConfigDict) -> tuple[jax.Array, Trace]:
   """Returns next-token logits [B, T, V] and the per-layer trace."""
@@ -125,20 +171,18 @@ def forward(params: Params, tokens_BxT: jax.Array,
   traces = []
   for layer in params["layers"]:
     h_BxTxM = layer_norm(x_BxTxM, layer["ln_attn"])
-    q_BxTxHxD = jnp.einsum("btm,mhd->bthd", h_BxTxM, layer["query"])
-    k_BxTxHxD = jnp.einsum("btm,mhd->bthd", h_BxTxM, layer["key"])
-    v_BxTxHxD = jnp.einsum("btm,mhd->bthd", h_BxTxM, layer["value"])
+    q_BxTxHxD, k_BxTxHxD, v_BxTxHxD = projections(layer, h_BxTxM, cfg)
     att = attention.dot_product_attention(
         q_BxTxHxD, k_BxTxHxD, v_BxTxHxD, mask=mask_TxT, scale=attn_scale(cfg))
     attn_BxTxM = jnp.einsum("bthd,hdm->btm", att.out_BxTxHxD, layer["out"])
     traces.append(LayerTrace(x_BxTxM, q_BxTxHxD, k_BxTxHxD, v_BxTxHxD,
                              att.logits_BxHxTxS, att.weights_BxHxTxS))
-    x_BxTxM = x_BxTxM + attn_BxTxM if cfg.residual else attn_BxTxM
+    x_BxTxM = residual(x_BxTxM, attn_BxTxM, cfg)
     if cfg.mlp:
       h_BxTxM = layer_norm(x_BxTxM, layer["ln_mlp"])
       h_BxTxF = jax.nn.gelu(h_BxTxM @ layer["mlp_in"] + layer["mlp_in_bias"])
       mlp_BxTxM = h_BxTxF @ layer["mlp_out"] + layer["mlp_out_bias"]
-      x_BxTxM = x_BxTxM + mlp_BxTxM if cfg.residual else mlp_BxTxM
+      x_BxTxM = residual(x_BxTxM, mlp_BxTxM, cfg)
   final_BxTxM = layer_norm(x_BxTxM, params["ln_final"])
   logits_BxTxV = final_BxTxM @ params["unembed"]
   return logits_BxTxV, Trace(tok_BxTxM, tuple(traces), x_BxTxM)

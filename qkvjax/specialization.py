@@ -36,6 +36,8 @@ def _initial(rows, key) -> np.ndarray:
 def spectrum(rows, layer: int, name: str, index: int) -> np.ndarray:
   """Singular values [num_seeds, n_sv] of one matrix at logging point ``index``."""
   keys = sorted({k for k in rows[0] if k.startswith(f"sv/L{layer}/{name}/")})
+  if not keys:  # a tied or absent projection has no spectrum of its own
+    return np.full((len({r["seed"] for r in rows}), 1), np.nan)
   return np.stack([results.metric_table(rows, k)[1][:, index] for k in keys], 1)
 
 

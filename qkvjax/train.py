@@ -131,7 +131,7 @@ class Trainer:
     out = metrics_lib.all_metrics(
         params=state.params, init_params=state.init_params, grads=grads,
         updates=updates, trace=trace, batch=batch, logits_BxV=logits_BxV,
-        loss=loss, causal=self.config.model.causal)
+        loss=loss, model_cfg=self.config.model)
     out["diverged"] = state.diverged.astype(jnp.float32)
     out["diverged_step"] = state.diverged_step.astype(jnp.float32)
     return out

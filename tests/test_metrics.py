@@ -40,14 +40,19 @@ def _ov_params(w_e, w_v, w_o, w_u):
           "layers": [{"value": w_v[:, None, :], "out": w_o[None]}]}
 
 
+def _ov_cfg():
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  return ml_collections.ConfigDict({"tie": "none", "value_proj": True})
+
+
 def test_ov_copying_score_is_one_for_identity_and_minus_one_for_negation():
   v, m = 5, 5
   eye = jnp.eye(m)
   ident = _ov_params(jnp.eye(v), eye, eye, jnp.eye(v))
-  np.testing.assert_allclose(metrics.ov_copying_metrics(ident)["ov_copying/L0/H0"], 1.0,
+  np.testing.assert_allclose(metrics.ov_copying_metrics(ident, _ov_cfg())["ov_copying/L0/H0"], 1.0,
                              rtol=1e-5)
   neg = _ov_params(jnp.eye(v), eye, -eye, jnp.eye(v))
-  np.testing.assert_allclose(metrics.ov_copying_metrics(neg)["ov_copying/L0/H0"], -1.0,
+  np.testing.assert_allclose(metrics.ov_copying_metrics(neg, _ov_cfg())["ov_copying/L0/H0"], -1.0,
                              rtol=1e-5)
 
 
@@ -57,5 +62,6 @@ def test_ov_copying_uses_the_full_circuit_eigenvalues():
   w_v, w_o = rng.normal(size=(6, 3)), rng.normal(size=(3, 6))
   lam = np.linalg.eigvals(w_e @ w_v @ w_o @ w_u)  # the 9 x 9 circuit
   expected = lam.real.sum() / np.abs(lam).sum()
-  got = metrics.ov_copying_metrics(_ov_params(*map(jnp.asarray, (w_e, w_v, w_o, w_u))))
+  got = metrics.ov_copying_metrics(_ov_params(*map(jnp.asarray, (w_e, w_v, w_o, w_u))),
+                                   _ov_cfg())
   np.testing.assert_allclose(got["ov_copying/L0/H0"], expected, rtol=1e-4)
