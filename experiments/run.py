@@ -6,6 +6,7 @@ Bad input exits with code 2 and a one-line error, before anything is written.
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 from absl import flags
@@ -18,18 +19,13 @@ flags.DEFINE_string("results_dir", "results", "Where run directories are created
 flags.DEFINE_bool("progress", True, "Show a progress bar while training.")
 
 
-def experiments():
-  """Experiment name -> (check(config, results_dir), run(config, results_dir))."""
-  from qkvjax import redraw, results, specialization  # pylint: disable=g-import-not-at-top
-
-  def check_training(config, results_dir):
-    config_lib.validate_training_config(config)
-    results.check_writable(results_dir)
-
-  return {
-      "specialization": (check_training, specialization.run),
-      "figures": (lambda config, _: redraw.check(config), redraw.run),
-  }
+def study(exp: str):
+  """The module behind ``--exp=exp``: ``qkvjax.studies.<exp>``."""
+  names = config_lib.available_experiments()
+  if exp not in names:
+    raise config_lib.ConfigError(
+        f"unknown experiment {exp!r}; accepted: {', '.join(names)}")
+  return importlib.import_module(f"qkvjax.studies.{exp}")
 
 
 def main(argv: list[str]) -> int:
@@ -40,19 +36,14 @@ def main(argv: list[str]) -> int:
       FLAGS(rest)
     except flags.Error as e:
       raise config_lib.ConfigError(str(e).splitlines()[0]) from None
-    registry = experiments()
-    if FLAGS.exp not in registry:
-      raise config_lib.ConfigError(
-          f"unknown experiment {FLAGS.exp!r}; accepted: {', '.join(sorted(registry))}")
+    module = study(FLAGS.exp)
     config = config_lib.apply_overrides(config_lib.load_config(FLAGS.exp), overrides,
                                         FLAGS.exp)
-    check, run = registry[FLAGS.exp]
-    check(config, FLAGS.results_dir)
+    module.check(config, FLAGS.results_dir)
   except config_lib.ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  kwargs = {"progress": FLAGS.progress} if FLAGS.exp != "figures" else {}
-  run_dir = run(config, FLAGS.results_dir, **kwargs)
+  run_dir = module.run(config, FLAGS.results_dir, progress=FLAGS.progress)
   print(f"wrote {run_dir}")
   report = run_dir / "report.md"
   if report.exists():

@@ -104,46 +104,79 @@ def _require(ok: bool, path: str, value, accepted: str):
     raise ConfigError(f"config.{path}={value!r} is out of range; accepted: {accepted}")
 
 
-def validate_training_config(c: ml_collections.ConfigDict) -> None:
-  """Range checks shared by every training experiment."""
-  from qkvjax import model as model_lib  # pylint: disable=g-import-not-at-top
-  from qkvjax import train  # pylint: disable=g-import-not-at-top
+def _get(c, path):
+  for part in path.split("."):
+    c = c[part]
+  return c
 
-  for path in ("num_seeds", "steps", "log_every", "batch_size", "model.d_model",
-               "model.n_heads", "model.d_head", "model.n_layers", "model.d_mlp",
-               "task.n_categories", "task.nouns_per_category",
-               "task.verbs_per_category", "task.n_details", "task.n_slots"):
-    value = c
-    for part in path.split("."):
-      value = value[part]
-    _require(value >= 1, path, value, "an integer >= 1")
-  _require(c.seed >= 0, "seed", c.seed, "an integer >= 0")
-  _require(c.task.n_slots <= c.task.n_categories, "task.n_slots", c.task.n_slots,
-           f"1..task.n_categories ({c.task.n_categories})")
-  _require(c.model.qkv_init in model_lib.QKV_INITIALIZERS, "model.qkv_init",
-           c.model.qkv_init, ", ".join(model_lib.QKV_INITIALIZERS))
-  _require(c.model.qkv_init_scale > 0, "model.qkv_init_scale",
-           c.model.qkv_init_scale, "a number > 0")
-  scale_ok = c.model.attn_scale in ("inv_sqrt_dk", "none")
+
+def require_at_least(c, paths, minimum=1) -> None:
+  """Each dotted ``path`` of ``c`` must be >= ``minimum``."""
+  for path in paths:
+    value = _get(c, path)
+    _require(value >= minimum, path, value,
+             f"an integer >= {minimum}" if isinstance(value, int) else f"a number >= {minimum}")
+
+
+def require_choice(c, path, choices) -> None:
+  value = _get(c, path)
+  _require(value in choices, path, value, ", ".join(map(str, choices)))
+
+
+def validate_common(c: ml_collections.ConfigDict) -> None:
+  """Fields every training experiment has."""
+  require_at_least(c, ("num_seeds", "steps", "log_every", "batch_size"))
+  require_at_least(c, ("seed",), 0)
+
+
+def validate_model(m: ml_collections.ConfigDict, prefix: str = "model") -> None:
+  """The ``model`` block (``qkvjax.model``)."""
+  from qkvjax import model as model_lib  # pylint: disable=g-import-not-at-top
+  c = ml_collections.ConfigDict({prefix: m})
+  require_at_least(c, [f"{prefix}.{f}" for f in ("d_model", "n_heads", "d_head",
+                                                 "n_layers", "d_mlp")])
+  require_choice(c, f"{prefix}.qkv_init", tuple(model_lib.QKV_INITIALIZERS))
+  _require(m.qkv_init_scale > 0, f"{prefix}.qkv_init_scale", m.qkv_init_scale,
+           "a number > 0")
+  scale_ok = m.attn_scale in ("inv_sqrt_dk", "none")
   if not scale_ok:
     try:
-      scale_ok = float(c.model.attn_scale) > 0
+      scale_ok = float(m.attn_scale) > 0
     except ValueError:
       pass
-  _require(scale_ok, "model.attn_scale", c.model.attn_scale,
+  _require(scale_ok, f"{prefix}.attn_scale", m.attn_scale,
            "'inv_sqrt_dk', 'none' or a number > 0")
-  _require(c.model.tie in model_lib.TIE_MODES, "model.tie", c.model.tie,
-           ", ".join(model_lib.TIE_MODES))
-  _require(c.model.value_proj or c.model.n_heads * c.model.d_head == c.model.d_model,
-           "model.value_proj", c.model.value_proj,
-           "True, or False only when n_heads * d_head == d_model")
-  _require(c.model.residual_scale > 0, "model.residual_scale", c.model.residual_scale,
+  require_choice(c, f"{prefix}.tie", model_lib.TIE_MODES)
+  _require(m.value_proj or m.n_heads * m.d_head == m.d_model, f"{prefix}.value_proj",
+           m.value_proj, "True, or False only when n_heads * d_head == d_model")
+  _require(m.residual_scale > 0, f"{prefix}.residual_scale", m.residual_scale,
            "a number > 0")
-  _require(c.optim.optimizer in train.OPTIMIZERS, "optim.optimizer",
-           c.optim.optimizer, ", ".join(train.OPTIMIZERS))
-  _require(c.optim.learning_rate > 0, "optim.learning_rate",
-           c.optim.learning_rate, "a number > 0")
-  for path in ("weight_decay", "warmup_steps", "grad_clip", "momentum"):
-    _require(c.optim[path] >= 0, f"optim.{path}", c.optim[path], "a number >= 0")
-  for path in ("b1", "b2"):
-    _require(0 <= c.optim[path] < 1, f"optim.{path}", c.optim[path], "0 <= value < 1")
+
+
+def validate_optim(o: ml_collections.ConfigDict) -> None:
+  """The ``optim`` block (``qkvjax.train.make_optimizer``)."""
+  from qkvjax import train  # pylint: disable=g-import-not-at-top
+  c = ml_collections.ConfigDict({"optim": o})
+  require_choice(c, "optim.optimizer", train.OPTIMIZERS)
+  _require(o.learning_rate > 0, "optim.learning_rate", o.learning_rate, "a number > 0")
+  require_at_least(c, [f"optim.{f}" for f in ("weight_decay", "warmup_steps",
+                                              "grad_clip", "momentum")], 0)
+  for f in ("b1", "b2"):
+    _require(0 <= o[f] < 1, f"optim.{f}", o[f], "0 <= value < 1")
+
+
+def validate_selection_task(t: ml_collections.ConfigDict) -> None:
+  """The ``task`` block of the selection task (``qkvjax.tasks``)."""
+  c = ml_collections.ConfigDict({"task": t})
+  require_at_least(c, [f"task.{f}" for f in ("n_categories", "nouns_per_category",
+                                             "verbs_per_category", "n_details", "n_slots")])
+  _require(t.n_slots <= t.n_categories, "task.n_slots", t.n_slots,
+           f"1..task.n_categories ({t.n_categories})")
+
+
+def validate_training_config(c: ml_collections.ConfigDict) -> None:
+  """A selection-task training config, as ``configs/specialization.py``."""
+  validate_common(c)
+  validate_model(c.model)
+  validate_optim(c.optim)
+  validate_selection_task(c.task)

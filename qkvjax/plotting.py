@@ -154,13 +154,12 @@ def qk_alignment_figure(rows, n_layers, n_heads, chance):
 
 
 def spectra_figure(rows, n_layers):
-  from qkvjax.specialization import spectrum  # pylint: disable=g-import-not-at-top
   fig, axes = plt.subplots(1, n_layers, figsize=(3.2 * n_layers, 2.6), squeeze=False,
                            sharey=True)
   for l, ax in enumerate(axes[0]):
     for name in ("query", "key", "value"):
       for index, ls, suffix in ((0, "--", " init"), (-1, "-", " end")):
-        s = spectrum(rows, l, name, index)
+        s = results.spectrum(rows, l, name, index)
         x = np.arange(1, s.shape[1] + 1)
         mean, std = nan_mean_std(s)
         ax.plot(x, mean, ls=ls, color=MATRIX_COLORS[name], label=MATRIX_LABELS[name] + suffix)

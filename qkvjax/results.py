@@ -135,11 +135,13 @@ class MetricsWriter:
   def __init__(self, path: str | os.PathLike):
     self._f = open(path, "a", encoding="utf-8")  # pylint: disable=consider-using-with
 
-  def write(self, step: int, metrics: dict[str, np.ndarray]) -> None:
+  def write(self, step: int, metrics: dict[str, np.ndarray],
+            fields: dict[str, Any] | None = None) -> None:
+    """One row per seed; ``fields`` (e.g. ``{"condition": ...}``) tag each row."""
     num_seeds = len(next(iter(metrics.values())))
     lines = []
     for seed in range(num_seeds):
-      row = {"step": int(step), "seed": seed}
+      row = {**(fields or {}), "step": int(step), "seed": seed}
       row.update({k: v[seed] for k, v in metrics.items()})
       lines.append(json.dumps(_jsonable(row), allow_nan=False))
     self._f.write("\n".join(lines) + "\n")
@@ -163,10 +165,12 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
   return rows
 
 
-def metric_table(rows: Iterable[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
-  """``(steps [N], values [num_seeds, N])`` for one metric. Nulls, and a
+def metric_table(rows: Iterable[dict[str, Any]], key: str,
+                 **where: Any) -> tuple[np.ndarray, np.ndarray]:
+  """``(steps [N], values [num_seeds, N])`` for one metric, from the rows
+  whose fields match ``where`` (e.g. ``condition="scaled"``). Nulls, and a
   diverged seed's values from its divergence on, are NaN."""
-  rows = list(rows)
+  rows = [r for r in rows if all(r.get(k) == v for k, v in where.items())]
   steps = sorted({r["step"] for r in rows})
   seeds = sorted({r["seed"] for r in rows})
   s_index = {s: i for i, s in enumerate(steps)}
@@ -176,3 +180,12 @@ def metric_table(rows: Iterable[dict[str, Any]], key: str) -> tuple[np.ndarray, 
     if v is not None and not (r.get("diverged") and key not in _DIVERGENCE_KEYS):
       values[r["seed"], s_index[r["step"]]] = v
   return np.array(steps), values
+
+
+def spectrum(rows, layer: int, name: str, index: int) -> np.ndarray:
+  """Singular values [num_seeds, n_sv] of one matrix at logging point ``index``
+  (from the ``sv/L<layer>/<name>/<i>`` metrics); NaN if it has none."""
+  keys = sorted({k for k in rows[0] if k.startswith(f"sv/L{layer}/{name}/")})
+  if not keys:  # a tied or absent projection has no spectrum of its own
+    return np.full((len({r["seed"] for r in rows}), 1), np.nan)
+  return np.stack([metric_table(rows, k)[1][:, index] for k in keys], 1)

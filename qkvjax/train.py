@@ -158,9 +158,15 @@ def chunk_lengths(steps: int, log_every: int) -> list[int]:
   return [log_every] * full + ([rest] if rest else [])
 
 
-def make_trainer(config: ml_collections.ConfigDict, devices=None) -> Trainer:
-  task = tasks.make_selection_task(config.task, config.seed)
-  return Trainer(config, task, seed_mesh(config.num_seeds, devices))
+def make_trainer(config: ml_collections.ConfigDict, task=None, devices=None,
+                 trainer_class: type[Trainer] | None = None) -> Trainer:
+  """A Trainer for ``config``; the selection task unless ``task`` is given.
+
+  ``task`` needs ``sample(key, batch_size) -> Batch``, ``vocab_size``,
+  ``seq_len`` and ``vocab``; ``trainer_class`` may override the loss or metrics.
+  """
+  task = tasks.make_selection_task(config.task, config.seed) if task is None else task
+  return (trainer_class or Trainer)(config, task, seed_mesh(config.num_seeds, devices))
 
 
 def train(trainer: Trainer) -> Iterator[tuple[int, dict[str, np.ndarray], TrainState | None]]:

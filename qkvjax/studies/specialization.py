@@ -10,13 +10,13 @@ from __future__ import annotations
 import pathlib
 from typing import Any
 
-import jax
 import numpy as np
 
-from qkvjax import model as model_lib
+from qkvjax import config as config_lib
 from qkvjax import plotting
 from qkvjax import report
 from qkvjax import results
+from qkvjax import runner
 from qkvjax import stats
 from qkvjax import train
 from qkvjax.metrics import QKV
@@ -33,20 +33,12 @@ def _initial(rows, key) -> np.ndarray:
   return results.metric_table(rows, key)[1][:, 0]
 
 
-def spectrum(rows, layer: int, name: str, index: int) -> np.ndarray:
-  """Singular values [num_seeds, n_sv] of one matrix at logging point ``index``."""
-  keys = sorted({k for k in rows[0] if k.startswith(f"sv/L{layer}/{name}/")})
-  if not keys:  # a tied or absent projection has no spectrum of its own
-    return np.full((len({r["seed"] for r in rows}), 1), np.nan)
-  return np.stack([results.metric_table(rows, k)[1][:, index] for k in keys], 1)
-
-
 def spectral_distance(rows, n_layers: int, index: int) -> np.ndarray:
   """Per seed: the largest, over pairs of W_Q, W_K, W_V, mean over layers, of
   mean |s_a - s_b| / mean(s_a, s_b) between their singular-value spectra."""
   per_layer = []
   for l in range(n_layers):
-    s = {name: spectrum(rows, l, name, index) for name in QKV}
+    s = {name: results.spectrum(rows, l, name, index) for name in QKV}
     pair = [np.mean(np.abs(s[a] - s[b]), 1) / np.mean((s[a] + s[b]) / 2, 1)
             for a, b in (("query", "key"), ("query", "value"), ("key", "value"))]
     per_layer.append(np.max(pair, 0))
@@ -167,66 +159,25 @@ def summarize(rows: list[dict[str, Any]], config) -> dict[str, Any]:
   }
 
 
-def attention_sample(trainer: train.Trainer, state: train.TrainState, seed: int = 0):
-  """One sample sequence's attention maps from one seed's final parameters."""
-  params = jax.tree.map(lambda x: np.asarray(x[seed]), state.params)
-  batch = trainer.task.sample(jax.random.PRNGKey(10_000 + trainer.config.seed), 8)
-  logits, trace = jax.jit(lambda p, t: model_lib.forward(p, t, trainer.config.model))(
-      params, batch.tokens_BxT)
-  vocab = trainer.task.vocab
-  i = 0
-  return {
-      "seed": seed,
-      "tokens": [vocab[t] for t in np.asarray(batch.tokens_BxT[i])],
-      "target_pos": int(batch.target_pos_B[i]),
-      "target": vocab[int(batch.target_B[i])],
-      "predicted": vocab[int(np.argmax(logits[i, -1]))],
-      "weights_LxHxTxS": np.stack([np.asarray(lt.attn_weights_BxHxTxT[i])
-                                    for lt in trace.layers]),
-  }
+def check(config, results_dir) -> None:
+  config_lib.validate_training_config(config)
+  results.check_writable(results_dir)
 
 
 def run(config, results_dir: str | pathlib.Path, progress: bool = True) -> pathlib.Path:
   """Trains, then writes config, metrics, summary, figures and report."""
   trainer = train.make_trainer(config)
-  run_dir = results.new_run_dir(results_dir, "specialization")
-  results.write_json(run_dir / "config.json", {
-      "experiment": "specialization", "config": config.to_dict(),
-      **results.provenance(trainer.mesh)})
+  run_dir = runner.start_run(results_dir, "specialization", config, trainer.mesh)
   results.write_json(run_dir / "task.json", trainer.task.tables())
-  state = train_and_log(trainer, run_dir, progress)
+  writer = results.MetricsWriter(run_dir / "metrics.jsonl")
+  try:
+    state = runner.train_and_log(trainer, writer, progress)
+  finally:
+    writer.close()
   results.write_json(run_dir / "attention_sample.json",
-                     attention_sample(trainer, state, _first_finite_seed(state)))
+                     runner.attention_sample(trainer, state))
   finish(run_dir)
   return run_dir
-
-
-def _first_finite_seed(state: train.TrainState) -> int:
-  ok = np.flatnonzero(~np.asarray(state.diverged))
-  return int(ok[0]) if ok.size else 0
-
-
-def train_and_log(trainer: train.Trainer, run_dir: pathlib.Path,
-                  progress: bool = True) -> train.TrainState:
-  """Runs training, appending every logging point to ``metrics.jsonl``."""
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-  writer = results.MetricsWriter(run_dir / "metrics.jsonl")
-  bar = tqdm(total=trainer.config.steps, unit="step", disable=not progress,
-             desc=f"{trainer.config.num_seeds} seeds", dynamic_ncols=True)
-  last, state = 0, None
-  try:
-    for step, metrics, state in train.train(trainer):
-      writer.write(step, metrics)
-      bar.update(step - last)
-      last = step
-      loss = metrics["loss"]
-      bar.set_postfix(loss=f"{np.nanmean(loss):.3f}",
-                      acc=f"{np.nanmean(metrics['accuracy']):.2f}",
-                      diverged=int(np.sum(metrics["diverged"])))
-  finally:
-    bar.close()
-    writer.close()
-  return state
 
 
 def finish(run_dir: pathlib.Path) -> None:

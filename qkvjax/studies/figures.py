@@ -1,0 +1,44 @@
+"""``--exp=figures``: redraw a run's outputs from its saved files, no training.
+
+The run's ``config.json`` names its experiment; that study's ``finish(run_dir)``
+rebuilds the summary, figures and report from ``metrics.jsonl`` and friends.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pathlib
+
+from qkvjax import results
+from qkvjax.config import ConfigError
+
+
+def _finisher(exp):
+  try:
+    module = importlib.import_module(f"qkvjax.studies.{exp}")
+  except ImportError:
+    return None
+  return getattr(module, "finish", None)
+
+
+def check(config, results_dir=None) -> pathlib.Path:
+  del results_dir
+  run_dir = pathlib.Path(config.run_dir)
+  missing = [f for f in ("config.json", "metrics.jsonl") if not (run_dir / f).is_file()]
+  if not config.run_dir or missing:
+    raise ConfigError(f"--config.run_dir={config.run_dir!r} is not a run directory; "
+                      "accepted: a results/<experiment>/<run_id> directory holding "
+                      "config.json and metrics.jsonl")
+  exp = results.read_json(run_dir / "config.json").get("experiment")
+  if not isinstance(exp, str) or _finisher(exp) is None:
+    raise ConfigError(f"--config.run_dir={config.run_dir!r} holds experiment {exp!r}, "
+                      "which cannot be redrawn; accepted: a run of an experiment whose "
+                      "study defines finish()")
+  return run_dir
+
+
+def run(config, results_dir=None, progress: bool = True) -> pathlib.Path:
+  del progress
+  run_dir = check(config, results_dir)
+  _finisher(results.read_json(run_dir / "config.json")["experiment"])(run_dir)
+  return run_dir
