@@ -43,7 +43,12 @@ def main(argv: list[str]) -> int:
   except config_lib.ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  run_dir = module.run(config, FLAGS.results_dir, progress=FLAGS.progress)
+  try:
+    run_dir = module.run(config, FLAGS.results_dir, progress=FLAGS.progress)
+  except KeyboardInterrupt:
+    print("interrupted: the run directory keeps config.json and the metrics logged so "
+          "far; no summary was written", file=sys.stderr)
+    return 130
   print(f"wrote {run_dir}")
   report = run_dir / "report.md"
   if report.exists():

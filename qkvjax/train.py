@@ -181,10 +181,12 @@ def train(trainer: Trainer) -> Iterator[tuple[int, dict[str, np.ndarray], TrainS
   pending = (0, trainer.measure(state))
   step = 0
   for n in chunk_lengths(trainer.config.steps, trainer.config.log_every):
-    state = trainer.train_chunk(n)(state)
-    step += n
-    done_step, done = pending
-    pending = (step, trainer.measure(state))
+    # Any implicit host<->device transfer in the loop is a bug: fail loudly.
+    with jax.transfer_guard("disallow"):
+      state = trainer.train_chunk(n)(state)
+      step += n
+      done_step, done = pending
+      pending = (step, trainer.measure(state))
     yield done_step, jax.device_get(done), None
   yield pending[0], jax.device_get(pending[1]), state
 
