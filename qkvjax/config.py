@@ -34,6 +34,43 @@ def load_config(exp: str, config_dir: pathlib.Path = CONFIG_DIR) -> ml_collectio
   return module.get_config()
 
 
+def model_config(**overrides) -> ml_collections.ConfigDict:
+  """The ``model`` block (``qkvjax.model``) with its defaults, then ``overrides``."""
+  m = ml_collections.ConfigDict()
+  m.d_model = 64
+  m.n_heads = 4
+  m.d_head = 16
+  m.n_layers = 2
+  m.mlp = True
+  m.d_mlp = 128
+  m.causal = True            # False: bidirectional (encoder)
+  m.residual = True
+  m.residual_scale = 1.0     # x + residual_scale * branch
+  m.tie = "none"             # "qk": W_K = W_Q; "qkv": W_Q = W_K = W_V
+  m.value_proj = True        # False: V is the layer input (needs H*D = d_model)
+  m.qk_norm = False          # LayerNorm on q and k (QK-norm)
+  m.qkv_init = "lecun_normal"  # one initializer for W_Q, W_K and W_V
+  m.qkv_init_scale = 1.0
+  m.attn_scale = "inv_sqrt_dk"  # or "none", or a number
+  m.update(overrides)
+  return m
+
+
+def optim_config(**overrides) -> ml_collections.ConfigDict:
+  """The ``optim`` block (``qkvjax.train.make_optimizer``), then ``overrides``."""
+  o = ml_collections.ConfigDict()
+  o.optimizer = "adamw"      # or "sgd"
+  o.learning_rate = 1e-3
+  o.b1 = 0.9
+  o.b2 = 0.999
+  o.weight_decay = 0.0
+  o.momentum = 0.9           # sgd only
+  o.warmup_steps = 0
+  o.grad_clip = 0.0          # 0 = off
+  o.update(overrides)
+  return o
+
+
 def _parse(path: str, text: str, current):
   kind = type(current)
   try:
