@@ -18,11 +18,16 @@ def effect_cell(effect: dict[str, Any]) -> str:
   return f"{fmt(effect['mean'])} ± {fmt(effect['std'])} (95% CI {ci_text})"
 
 
+def cell(text) -> str:
+  """Text safe inside a markdown table cell."""
+  return str(text).replace("|", "\\|").replace("\n", " ")
+
+
 def claims_table(claims: list[dict[str, Any]]) -> list[str]:
   lines = ["| claim | measured | effect: mean ± std (95% CI) | seeds | verdict |",
            "|---|---|---|---|---|"]
   for c in claims:
-    lines.append(f"| {c['claim']} | {c['measured']} | {effect_cell(c['effect'])} | "
+    lines.append(f"| {cell(c['claim'])} | {cell(c['measured'])} | {effect_cell(c['effect'])} | "
                  f"{c['effect']['n']} | **{c['verdict']}** |")
   return lines
 

@@ -78,6 +78,8 @@ def _jsonable(x: Any) -> Any:
     return bool(x)
   if isinstance(x, (np.integer, int)):
     return int(x)
+  if isinstance(x, np.float32):  # numpy's shortest repr that round-trips float32
+    return float(str(x)) if math.isfinite(x) else None
   if isinstance(x, (np.floating, float)):
     return float(x) if math.isfinite(x) else None
   return x

@@ -82,7 +82,8 @@ def finish(run_dir: pathlib.Path) -> None:
            "|---|---|---|---|---|---|"]
   for r in rows:
     rel = os.path.relpath(pathlib.Path(r["run_dir"]), run_dir)
-    lines.append(f"| {r['claim']} | [{r['experiment']}]({rel}/report.md) | {r['measured']} | "
+    lines.append(f"| {report.cell(r['claim'])} | [{r['experiment']}]({rel}/report.md) | "
+                 f"{report.cell(r['measured'])} | "
                  f"{report.effect_cell(r['effect'])} | {r['effect']['n']} | "
                  f"**{r['verdict']}** |")
   lines += ["", "## Figures by experiment", ""]

@@ -102,6 +102,18 @@ def evaluate_claims(rows: list[dict[str, Any]], config) -> list[dict[str, Any]]:
                 "attention is still diffuse"),
       values=ratio, verdict=stats.verdict_greater(ratio)))
 
+  cos = {pair: np.mean([_final(rows, f"update_cos/L{l}/{pair}") for l in range(n_layers)], 0)
+         for pair in ("query_key", "query_value", "key_value")}
+  shared = cos["query_key"] - (np.abs(cos["query_value"]) + np.abs(cos["key_value"])) / 2
+  out.append(stats.claim(
+      name="Q and K are shaped by one signal (the Q.K similarity), V by another",
+      quote=("Gradients for W_K: Also come from Q-K similarity calculation ... Gradients "
+             "for W_V: Come from the final weighted sum"),
+      source=ARTICLE_000,
+      measured=("cosine between the cumulative updates of W_Q and W_K minus the mean "
+                "|cosine| of each with W_V's, at the end, mean over layers"),
+      values=shared, verdict=stats.verdict_greater(shared)))
+
   best_end, where = _best_head(rows, "attn_target", n_layers, n_heads, -1)
   best_init, _ = _best_head(rows, "attn_target", n_layers, n_heads, 0)
   out.append(stats.claim(
