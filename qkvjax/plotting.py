@@ -62,7 +62,7 @@ def nan_mean_std(x, axis=0):
     return np.nanmean(x, axis), np.nanstd(x, axis)
 
 
-def _seed_note(fig, n: int):
+def seed_note(fig, n: int):
   fig.text(0.99, 0.005, f"mean ± 1 std over {n} seeds", ha="right", va="bottom",
            fontsize=7, color="0.4")
 
@@ -84,7 +84,7 @@ def per_layer_matrix_figure(rows, n_layers, prefix, names, ylabel, title, log=Fa
   axes[0][0].set_ylabel(ylabel)
   axes[0][-1].legend(frameon=False)
   fig.suptitle(title, y=1.02)
-  _seed_note(fig, n)
+  seed_note(fig, n)
   return fig
 
 
@@ -149,7 +149,7 @@ def qk_alignment_figure(rows, n_layers, n_heads, chance):
   axes[1][0].set_ylabel("cos(q_verb, k_target)\n− cos(q_verb, k_other)")
   axes[0][-1].legend(frameon=False, fontsize=7)
   fig.suptitle("Q-K alignment: does the verb's query find the selected noun's key?", y=1.0)
-  _seed_note(fig, n)
+  seed_note(fig, n)
   return fig
 
 
@@ -171,7 +171,7 @@ def spectra_figure(rows, n_layers):
   axes[0][0].set_ylabel("singular value")
   axes[0][-1].legend(frameon=False, fontsize=7, ncol=2)
   fig.suptitle("Spectra of $W_Q, W_K, W_V$: dashed at init, solid at the end", y=1.02)
-  _seed_note(fig, int(np.sum(np.isfinite(s[:, 0]))))
+  seed_note(fig, int(np.sum(np.isfinite(s[:, 0]))))
   return fig
 
 
@@ -188,7 +188,7 @@ def loss_figure(rows, chance_acc):
   axes[1].legend(frameon=False)
   for ax in axes:
     ax.set_xlabel("step")
-  _seed_note(fig, n)
+  seed_note(fig, n)
   return fig
 
 

