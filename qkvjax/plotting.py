@@ -89,7 +89,7 @@ def per_layer_matrix_figure(rows, n_layers, prefix, names, ylabel, title, log=Fa
 
 
 def specialization_figures(run_dir: pathlib.Path, rows: list[dict[str, Any]],
-                           config) -> dict[str, str]:
+                           config, verb_only_accuracy: float) -> dict[str, str]:
   """All figures of the specialization experiment; returns {title: png}."""
   n_layers, n_heads = config.model.n_layers, config.model.n_heads
   figs: dict[str, str] = {}
@@ -116,7 +116,7 @@ def specialization_figures(run_dir: pathlib.Path, rows: list[dict[str, Any]],
       run_dir, "qk_alignment")
   figs["Singular-value spectra at initialization and at the end"] = save(
       spectra_figure(rows, n_layers), run_dir, "spectra")
-  figs["Loss and accuracy"] = save(loss_figure(rows, 1.0 / config.task.n_details),
+  figs["Loss and accuracy"] = save(loss_figure(rows, verb_only_accuracy),
                                    run_dir, "loss_accuracy")
   sample = run_dir / "attention_sample.json"
   if sample.exists():
@@ -175,17 +175,23 @@ def spectra_figure(rows, n_layers):
   return fig
 
 
-def loss_figure(rows, chance_acc):
+def loss_figure(rows, verb_only_accuracy):
   fig, axes = plt.subplots(1, 2, figsize=(6.4, 2.6))
   steps, loss = results.metric_table(rows, "loss")
   n = band(axes[0], steps, loss, "k", "loss", log=True)
+  if "ablate_qk/loss" in rows[0]:
+    band(axes[0], steps, results.metric_table(rows, "ablate_qk/loss")[1], "0.6",
+         "$W_Q = W_K = 0$", log=True)
   axes[0].set_ylabel("cross-entropy")
   steps, acc = results.metric_table(rows, "accuracy")
-  band(axes[1], steps, acc, "k", "accuracy")
-  axes[1].axhline(chance_acc, color="0.5", ls=":", lw=1, label="chance")
+  band(axes[1], steps, acc, "k", "model")
+  if "ablate_qk/accuracy" in rows[0]:
+    band(axes[1], steps, results.metric_table(rows, "ablate_qk/accuracy")[1], "0.6",
+         "$W_Q = W_K = 0$ (uniform attention)")
+  axes[1].axhline(verb_only_accuracy, color="0.5", ls=":", lw=1, label="verb alone (best)")
   axes[1].set_ylabel("accuracy")
   axes[1].set_ylim(0, 1.02)
-  axes[1].legend(frameon=False)
+  axes[1].legend(frameon=False, fontsize=7)
   for ax in axes:
     ax.set_xlabel("step")
   seed_note(fig, n)

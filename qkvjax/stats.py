@@ -5,13 +5,23 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import scipy.stats
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
 
 
+def expanded_level(n: int, level: float = 0.95) -> float:
+  """The percentile level that makes a bootstrap CI of the mean of ``n``
+  values as wide as a t-interval would be (Hesterberg's expanded percentile
+  interval): plain percentile intervals are too narrow for few seeds
+  (about 88% coverage at n = 8 for a nominal 95%)."""
+  t = scipy.stats.t.ppf((1 + level) / 2, n - 1)
+  return float(1 - 2 * scipy.stats.norm.cdf(-np.sqrt(n / (n - 1)) * t))
+
+
 def bootstrap_ci(values, level: float = 0.95, n_resamples: int = 10_000,
                  seed: int = 0) -> tuple[float, float] | None:
-  """Percentile bootstrap CI of the mean across seeds (NaNs dropped).
+  """Expanded-percentile bootstrap CI of the mean across seeds (NaNs dropped).
 
   Deterministic for a given input. ``None`` with fewer than two values.
   """
@@ -21,7 +31,8 @@ def bootstrap_ci(values, level: float = 0.95, n_resamples: int = 10_000,
     return None
   rng = np.random.default_rng(seed)
   means = x[rng.integers(0, x.size, (n_resamples, x.size))].mean(1)
-  lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+  adjusted = expanded_level(x.size, level)
+  lo, hi = np.quantile(means, [(1 - adjusted) / 2, (1 + adjusted) / 2])
   return float(lo), float(hi)
 
 

@@ -9,10 +9,14 @@ one noun whose category the verb selects:
 
     bus  apple  cat  laser_dot  eat   ->  red      (apple is red)
 
-Solving it takes exactly the division of labour the articles describe: the
-verb's query must seek its category, the selected noun's key must advertise
-its category, and that noun's value must carry its colour (the detail is a
-property of the noun's identity, so it can only come through V).
+The intended solution is the division of labour the articles describe: the
+verb's query seeks its category, the selected noun's key advertises it, and
+that noun's value carries its colour (the detail belongs to the noun's
+identity, so it must come through V). It is not the only solution: with
+distinct categories per sequence, diffuse attention that sums every noun's V
+(one slot per category) plus an MLP keyed on the verb can also work, so the
+metrics measure which route a model took instead of assuming it (attention
+on the ground-truth noun; accuracy with Q.K selection ablated).
 """
 
 from __future__ import annotations
@@ -73,6 +77,12 @@ class SelectionTask:
   def n_details(self) -> int:
     return len(self.detail_ids)
 
+  def verb_only_accuracy(self) -> float:
+    """Best accuracy of a predictor that sees only the verb (its category):
+    the most common detail within each category, averaged over categories.
+    The bar a model that ignores the nouns cannot beat."""
+    return float(np.mean([np.bincount(row).max() / len(row) for row in self.noun_detail]))
+
   def tables(self) -> dict:
     """The vocabulary and feature tables, as saved with a run's results."""
     n_cat, n_noun = self.noun_ids.shape
@@ -88,6 +98,7 @@ class SelectionTask:
                   for c in range(n_cat) for v in self.verb_ids[c]],
         "details": [self.vocab[d] for d in self.detail_ids],
         "n_slots": self.n_slots,
+        "verb_only_accuracy": self.verb_only_accuracy(),
         "sequence": "n_slots nouns of distinct categories, then a verb; "
                     "predict the detail of the noun the verb selects",
     }
@@ -139,7 +150,12 @@ def make_selection_task(cfg: ml_collections.ConfigDict, seed: int) -> SelectionT
   noun_ids = np.arange(n_cat * n_noun).reshape(n_cat, n_noun)
   verb_ids = n_cat * n_noun + np.arange(n_cat * n_verb).reshape(n_cat, n_verb)
   detail_ids = n_cat * (n_noun + n_verb) + np.arange(n_det)
-  # Details are a fixed, random property of each noun: drawn once per language.
-  noun_detail = np.random.default_rng(seed).integers(0, n_det, (n_cat, n_noun))
+  # Details are a fixed, random property of each noun, drawn once per language.
+  # Within a category the nouns' details are as distinct as n_details allows
+  # (a shuffled cycle), so the verb alone predicts the target no better than
+  # 1 / min(nouns_per_category, n_details): the noun itself must be found.
+  rng = np.random.default_rng(seed)
+  noun_detail = np.stack([
+      rng.permutation(np.resize(rng.permutation(n_det), n_noun)) for _ in range(n_cat)])
   return SelectionTask(tuple(vocab), tuple(categories), noun_ids, verb_ids,
                        detail_ids, noun_detail, cfg.n_slots)

@@ -3,8 +3,8 @@
 A run keeps one ``TrainState`` whose every leaf has a leading seed axis.
 ``train_chunk`` (``lax.scan`` over ``n`` pure ``train_step`` calls) and
 ``measure`` (metrics at the current step, on the batch the next step will
-train on) are each jitted once with the state donated, and the seed axis is
-sharded across the available devices.
+train on) are each jitted once (the chunk with its state donated), and the
+seed axis is sharded across the available devices.
 """
 
 from __future__ import annotations
@@ -132,6 +132,15 @@ class Trainer:
         params=state.params, init_params=state.init_params, grads=grads,
         updates=updates, trace=trace, batch=batch, logits_BxV=logits_BxV,
         loss=loss, model_cfg=self.config.model)
+    # Causal check of the Q.K route: with W_Q = W_K = 0 every score is 0, so
+    # attention is uniform; what accuracy is left needs no selection at all.
+    ablated = {**state.params, "layers": [
+        {**layer, **{n: jnp.zeros_like(layer[n]) for n in ("query", "key") if n in layer}}
+        for layer in state.params["layers"]]}
+    abl_loss, (abl_logits_BxV, _) = self.loss_fn(ablated, batch)
+    out["ablate_qk/loss"] = abl_loss
+    out["ablate_qk/accuracy"] = jnp.mean(
+        jnp.argmax(abl_logits_BxV, -1) == batch.target_B).astype(jnp.float32)
     out["diverged"] = state.diverged.astype(jnp.float32)
     out["diverged_step"] = state.diverged_step.astype(jnp.float32)
     return out
