@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from qkvjax import model as model_lib
 from qkvjax import train
@@ -48,19 +49,28 @@ def test_logged_gradient_norms_match_independent_grad():
         heads = [np.linalg.norm(layer[name][h] if name == "out" else layer[name][:, h])
                  for h in range(cfg.model.n_heads)]
         np.testing.assert_allclose(np.sqrt(np.sum(np.square(heads))), expected, rtol=1e-4)
-        np.testing.assert_allclose(logged[f"grad_norm/L{l}/H0/{name}"][seed], heads[0], rtol=1e-4)
+        for h in range(cfg.model.n_heads):
+          np.testing.assert_allclose(logged[f"grad_norm/L{l}/H{h}/{name}"][seed], heads[h],
+                                     rtol=1e-4)
     np.testing.assert_allclose(logged["grad_norm/embed"][seed],
                                np.linalg.norm(grads["embed"]), rtol=1e-4)
 
 
-def test_qkv_share_an_initializer_distribution():
-  """Over many draws, W_Q, W_K, W_V have the same element variance (1/d_model
-  for lecun_normal) and are mutually independent."""
+@pytest.mark.parametrize("init,variance", [
+    ("lecun_normal", 1.0), ("normal", 1.0), ("orthogonal", 1.0),
+    ("glorot_uniform", 2.0 / (1.0 + 64 / 64))])
+def test_qkv_share_one_initializer(init, variance):
+  """W_Q, W_K and W_V of every layer come from the chosen initializer: the
+  same element variance (d_model * Var = the closed form), independent draws."""
   cfg = tiny_config()
-  cfg.model.d_model = 64
+  cfg.model.d_model, cfg.model.n_heads, cfg.model.d_head = 64, 4, 16
+  cfg.model.qkv_init = init
   params = model_lib.init_params(jax.random.PRNGKey(0), cfg.model, 20, 4)
-  layer = params["layers"][0]
-  for name in ("query", "key", "value"):
-    np.testing.assert_allclose(np.var(layer[name]) * 64, 1.0, atol=0.15)
-  corr = np.corrcoef(np.ravel(layer["query"]), np.ravel(layer["key"]))[0, 1]
-  assert abs(corr) < 0.1
+  for layer in params["layers"]:
+    for name in ("query", "key", "value"):
+      np.testing.assert_allclose(np.var(layer[name]) * 64, variance, rtol=0.1)
+    for a, b in (("query", "key"), ("query", "value"), ("key", "value")):
+      assert abs(np.corrcoef(np.ravel(layer[a]), np.ravel(layer[b]))[0, 1]) < 0.1
+  if init == "orthogonal":
+    w = np.asarray(params["layers"][0]["value"]).reshape(64, 64)
+    np.testing.assert_allclose(w.T @ w, np.eye(64), atol=1e-4)

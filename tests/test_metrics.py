@@ -30,6 +30,34 @@ def test_rsa_is_one_for_rescaled_copies():
   np.testing.assert_allclose(metrics.rsa(x, 2 * x), 1.0, rtol=1e-5)
 
 
+def test_rsa_matches_pearson_on_the_upper_triangles():
+  rng = np.random.default_rng(0)
+  x, y = rng.normal(size=(15, 4)), rng.normal(size=(15, 6))
+
+  def cos(z):
+    z = z / np.linalg.norm(z, axis=1, keepdims=True)
+    return z @ z.T
+
+  iu = np.triu_indices(15, 1)
+  expected = np.corrcoef(cos(x)[iu], cos(y)[iu])[0, 1]
+  np.testing.assert_allclose(metrics.rsa(x, y), expected, rtol=1e-4)
+
+
+def test_spectrum_metrics_singular_values_and_update_cosines():
+  rng = np.random.default_rng(0)
+  layer0 = {n: jnp.asarray(rng.normal(size=(6, 2, 3))) for n in ("query", "key", "value")}
+  delta = jnp.asarray(rng.normal(size=(6, 2, 3)))
+  layer = {"query": layer0["query"] + delta, "key": layer0["key"] + 2 * delta,
+           "value": layer0["value"] - delta}
+  out = metrics.spectrum_metrics({"layers": [layer]}, {"layers": [layer0]})
+  sv = np.linalg.svd(np.asarray(layer["key"]).reshape(6, 6), compute_uv=False)
+  np.testing.assert_allclose([out[f"sv/L0/key/{i:03d}"] for i in range(6)], sv, rtol=1e-4)
+  np.testing.assert_allclose(out["update_cos/L0/query_key"], 1.0, rtol=1e-5)
+  np.testing.assert_allclose(out["update_cos/L0/query_value"], -1.0, rtol=1e-5)
+  p = sv / sv.sum()
+  np.testing.assert_allclose(out["eff_rank/L0/key"], np.exp(-(p * np.log(p)).sum()), rtol=1e-4)
+
+
 def test_effective_rank_closed_forms():
   np.testing.assert_allclose(metrics.effective_rank(jnp.ones(7)), 7.0, rtol=1e-5)
   np.testing.assert_allclose(metrics.effective_rank(jnp.array([1.0, 0, 0])), 1.0, rtol=1e-5)

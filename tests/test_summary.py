@@ -1,0 +1,72 @@
+"""Summaries and claims from saved rows, including a diverged seed."""
+
+import ml_collections
+import numpy as np
+
+from qkvjax import results
+from qkvjax.studies import specialization
+from tests.conftest import tiny_config
+
+
+def _rows(num_seeds=3, diverge_seed=None):
+  """Synthetic long-format rows with every key the claims read."""
+  cfg = tiny_config(num_seeds=num_seeds)
+  rows = []
+  rng = np.random.default_rng(0)
+  for step in (0, 10):
+    for seed in range(num_seeds):
+      r = {"step": step, "seed": seed, "diverged": 0.0, "diverged_step": -1.0,
+           "loss": 1.0 - 0.05 * step, "accuracy": 0.1 + 0.08 * step,
+           "ablate_qk/accuracy": 0.2, "ablate_qk/loss": 1.5}
+      for l in range(cfg.model.n_layers):
+        for name in ("query", "key", "value"):
+          sv = (np.array([1.5, 1.2, 0.9, 0.6]) + rng.normal(0, 0.01, 4)) * (
+              1 + 0.02 * step * (name == "value"))
+          for i, v in enumerate(sv):
+            r[f"sv/L{l}/{name}/{i:03d}"] = float(v)
+          r[f"grad_norm/L{l}/{name}"] = 2.0 if name == "value" else 1.0
+          r[f"eff_rank/L{l}/{name}"] = 3.0
+          r[f"cka_embed/L{l}/{name}"] = 0.8
+        for pair in ("query_key", "query_value", "key_value"):
+          r[f"update_cos/L{l}/{pair}"] = 0.1 if pair == "query_key" else 0.0
+        for h in range(cfg.model.n_heads):
+          r[f"attn_target/L{l}/H{h}"] = 0.25 + 0.03 * step * (h == 0)
+      if diverge_seed == seed and step == 10:
+        r = {k: (None if k not in ("step", "seed") else v) for k, v in r.items()}
+        r.update(diverged=1.0, diverged_step=7.0)
+      rows.append(r)
+  return cfg, rows
+
+
+def test_metric_table_masks_a_diverged_seed():
+  _, rows = _rows(diverge_seed=1)
+  steps, values = results.metric_table(rows, "loss")
+  assert list(steps) == [0, 10]
+  assert np.isfinite(values[0]).all() and np.isnan(values[1, 1]) and np.isfinite(values[1, 0])
+  _, div = results.metric_table(rows, "diverged")
+  assert div[1, 1] == 1.0
+
+
+def test_summary_lists_a_diverged_seed_and_excludes_it_from_every_claim():
+  cfg, rows = _rows(num_seeds=4, diverge_seed=2)
+  tables = {"verb_only_accuracy": 0.125}
+  summary = specialization.summarize(rows, cfg, tables)
+  assert summary["diverged_seeds"] == [{"seed": 2, "step": 7}]
+  assert summary["final"]["loss"]["n"] == 3
+  by_name = {c["claim"]: c for c in summary["claims"]}
+  at_init = {"W_Q, W_K, W_V start statistically identical",
+             "the gradient reaches V through the weighted sum, Q and K only through Q.K"}
+  for claim in summary["claims"]:
+    if claim["claim"] in at_init:  # step-0 values of a later-diverged seed are valid
+      assert claim["per_seed"][2] is not None and claim["effect"]["n"] == 4
+    else:
+      assert claim["per_seed"][2] is None, claim["claim"]
+      assert claim["effect"]["n"] == 3, claim["claim"]
+  grad = by_name["the gradient reaches V through the weighted sum, Q and K only through Q.K"]
+  np.testing.assert_allclose(grad["effect"]["mean"], np.log10(2.0))
+  assert grad["verdict"] == "supported"
+  learned = by_name["prerequisite: the task is learned"]
+  np.testing.assert_allclose(learned["effect"]["mean"], 0.9 - 0.125)
+  ablation = by_name["the task is solved through Q.K selection"]
+  np.testing.assert_allclose(ablation["effect"]["mean"], 0.9 - 0.2)
+  assert by_name["W_Q, W_K, W_V differentiate during training"]["verdict"] == "supported"
