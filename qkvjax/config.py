@@ -136,6 +136,20 @@ def split_override_args(argv: list[str]) -> tuple[list[str], dict[str, str]]:
   return rest, overrides
 
 
+def parse_list(config, field: str, kind: type, accepted: str, ok=lambda v: True) -> list:
+  """A comma-separated config field as a list of ``kind``; ConfigError if any
+  item does not parse or fails ``ok``, or if the list is empty or repeats."""
+  text = config[field]
+  try:
+    items = [kind(x.strip()) for x in str(text).split(",")]
+  except ValueError:
+    items = None
+  if (not items or len(set(items)) != len(items) or not all(ok(v) for v in items)
+      or (kind is float and not all(math.isfinite(v) for v in items))):
+    raise ConfigError(f"config.{field}={text!r} is out of range; accepted: {accepted}")
+  return items
+
+
 def _require(ok: bool, path: str, value, accepted: str):
   if not ok:
     raise ConfigError(f"config.{path}={value!r} is out of range; accepted: {accepted}")

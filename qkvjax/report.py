@@ -48,7 +48,7 @@ def write_specialization_report(run_dir: pathlib.Path, saved_config: dict[str, A
       "",
       "Task: a sequence of nouns of distinct categories followed by a verb; the model "
       "predicts, at the verb, the colour of the noun the verb selects (`task.json`). "
-      "Effects are across seeds: mean ± std, 95% percentile-bootstrap CI of the mean; "
+      "Effects are across seeds: mean ± std, 95% expanded-percentile bootstrap CI of the mean; "
       "a claim is *supported* when the CI lies on the claimed side, *not supported* "
       "when it lies on the other, and *inconclusive* otherwise.",
       "",

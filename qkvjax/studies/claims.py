@@ -74,7 +74,7 @@ def finish(run_dir: pathlib.Path) -> None:
   lines = ["# qkvjax: every claim, measured", "",
            "Each claim of the attention explainers (`../shared/seeds/`) was tested by "
            "its own experiment, seeds trained together in one vmapped program. Effects "
-           "are mean ± std across seeds with a 95% percentile-bootstrap CI of the mean; "
+           "are mean ± std across seeds with a 95% expanded-percentile bootstrap CI of the mean; "
            "*supported* / *not supported* when the CI lies on the claimed / the other "
            "side, *inconclusive* when it straddles.", "",
            "Verdicts: " + ", ".join(f"{v}: {n}" for v, n in sorted(counts.items())), "",

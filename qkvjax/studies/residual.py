@@ -29,7 +29,6 @@ from qkvjax import signal
 from qkvjax import stats
 from qkvjax import train
 from qkvjax.config import ConfigError
-from qkvjax.studies.scaling import parse_list
 
 EXP = "residual"
 ARTICLE_000 = "../shared/seeds/000 (division of labour among Q, K, V)"
@@ -50,13 +49,13 @@ MAX_DEPTH = 64
 
 # ---- config ------------------------------------------------------------------
 def depths(config) -> list[int]:
-  return sorted(parse_list(config, "depths", int,
+  return sorted(config_lib.parse_list(config, "depths", int,
                            f"distinct comma-separated integers in 1..{MAX_DEPTH}",
                            lambda v: 1 <= v <= MAX_DEPTH))
 
 
 def conditions(config) -> list[str]:
-  return parse_list(config, "conditions", str,
+  return config_lib.parse_list(config, "conditions", str,
                     "distinct comma-separated names from " + ", ".join(CONDITIONS),
                     lambda v: v in CONDITIONS)
 

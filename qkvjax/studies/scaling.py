@@ -52,34 +52,20 @@ VARIANT_LABELS = {"scaled": "scaled 1/√d_k", "unscaled": "unscaled",
 
 
 # ---- config ------------------------------------------------------------------
-def parse_list(config, field: str, kind: type, accepted: str, ok=lambda v: True) -> list:
-  """A comma-separated config field as a list of ``kind``; ConfigError if any
-  item does not parse or fails ``ok``, or if the list is empty or repeats."""
-  text = config[field]
-  try:
-    items = [kind(x.strip()) for x in str(text).split(",")]
-  except ValueError:
-    items = None
-  if (not items or len(set(items)) != len(items) or not all(ok(v) for v in items)
-      or (kind is float and not all(np.isfinite(items)))):
-    raise ConfigError(f"config.{field}={text!r} is out of range; accepted: {accepted}")
-  return items
-
-
 def d_heads(config) -> list[int]:
-  return parse_list(config, "d_heads", int,
+  return config_lib.parse_list(config, "d_heads", int,
                     "two or more distinct comma-separated integers in 1..4096",
                     lambda v: 1 <= v <= 4096)
 
 
 def variants(config) -> list[str]:
-  return parse_list(config, "variants", str,
+  return config_lib.parse_list(config, "variants", str,
                     "distinct comma-separated names from " + ", ".join(VARIANTS),
                     lambda v: v in VARIANTS)
 
 
 def learning_rates(config) -> list[float]:
-  return parse_list(config, "learning_rates", float,
+  return config_lib.parse_list(config, "learning_rates", float,
                     "distinct comma-separated numbers > 0", lambda v: v > 0)
 
 
