@@ -1,0 +1,58 @@
+"""Are Q, K, V recomputed per context? An ambiguous word ("apple": fruit or
+company) whose sense is set by the words around it.
+
+    python -m experiments.run --exp=context [--config.FIELD=VALUE ...]
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0            # base seed; seed i of the run uses fold_in(seed, i)
+  c.num_seeds = 8       # trained together, vmapped, in one compiled program
+  c.steps = 600
+  c.log_every = 30      # steps between logging points (metrics at step 0 too)
+  c.batch_size = 64
+
+  c.task = ml_collections.ConfigDict()
+  c.task.n_ambiguous = 4      # apple, jaguar, python, amazon (two senses each)
+  c.task.n_cues = 8           # cue words per domain (nature: eat, ripe, ...; tech: stock, ceo, ...)
+  c.task.n_neutral = 8        # words that say nothing about the sense
+  c.task.seq_len = 8
+  c.task.min_pos = 2          # the ambiguous word sits at positions min_pos..seq_len-1
+  c.task.cue_prob = 0.25      # chance a context position holds a cue (>= 1 precedes the word)
+
+  c.probe = ml_collections.ConfigDict()
+  c.probe.replicates = 8      # contexts per (word, position, sense); half fit, half held out
+  c.probe.ridge = 0.01        # ridge penalty per fitted row, on standardized features
+  c.probe.spread_margin = 0.01  # "differ between contexts": relative spread above this
+  c.probe.acc_margin = 0.05     # "sense recoverable": held-out accuracy above 0.5 + this
+
+  c.model = ml_collections.ConfigDict()
+  c.model.d_model = 64
+  c.model.n_heads = 4
+  c.model.d_head = 16
+  c.model.n_layers = 3        # layer 1 against later layers: needs >= 2
+  c.model.mlp = True
+  c.model.d_mlp = 128
+  c.model.causal = True
+  c.model.residual = True
+  c.model.residual_scale = 1.0
+  c.model.tie = "none"
+  c.model.value_proj = True
+  c.model.qk_norm = False
+  c.model.qkv_init = "lecun_normal"
+  c.model.qkv_init_scale = 1.0
+  c.model.attn_scale = "inv_sqrt_dk"
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.optimizer = "adamw"
+  c.optim.learning_rate = 1e-3
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.weight_decay = 0.0
+  c.optim.momentum = 0.9
+  c.optim.warmup_steps = 0
+  c.optim.grad_clip = 0.0
+  return c

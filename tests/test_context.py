@@ -1,0 +1,173 @@
+"""The context experiment: layer 1 cannot see context (exactly), the task's
+ground truth, the metrics' closed forms, and an end-to-end tiny run."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import run as run_cli
+from qkvjax import config as config_lib
+from qkvjax import context_task
+from qkvjax import model as model_lib
+from qkvjax.studies import context as study
+
+TINY = ["--config.num_seeds=2", "--config.steps=4", "--config.log_every=2",
+        "--config.batch_size=8", "--config.model.d_model=16", "--config.model.n_heads=2",
+        "--config.model.d_head=8", "--config.model.d_mlp=16", "--config.model.n_layers=2",
+        "--config.task.n_ambiguous=2", "--config.task.n_cues=3", "--config.task.n_neutral=3",
+        "--config.task.seq_len=5", "--config.task.min_pos=3", "--config.probe.replicates=4",
+        "--noprogress"]
+
+
+def tiny_context_config(**model):
+  c = config_lib.load_config("context")
+  c.task.n_ambiguous, c.task.n_cues, c.task.n_neutral = 3, 4, 4
+  c.task.seq_len, c.task.min_pos = 6, 2
+  c.model.d_model, c.model.n_heads, c.model.d_head, c.model.d_mlp = 16, 2, 8, 16
+  c.model.n_layers = 2
+  c.model.update(model)
+  return c
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_layer1_qkv_of_a_token_at_a_position_are_identical_in_every_context(causal):
+  c = tiny_context_config(causal=causal)
+  task = context_task.make_context_task(c.task)
+  params = model_lib.init_params(jax.random.PRNGKey(0), c.model, task.vocab_size,
+                                 task.seq_len)
+  # Arbitrary weights, LayerNorm gains and biases included.
+  rng = np.random.default_rng(1)
+  params = jax.tree.map(lambda x: x + 0.3 * rng.normal(size=x.shape).astype(np.float32),
+                        params)
+  n, pos = 32, 4
+  sense = jnp.arange(n) % 2  # fruit contexts and company contexts
+  batch = task.build(jax.random.PRNGKey(2), jnp.zeros(n, jnp.int32),
+                     jnp.full(n, pos, jnp.int32), sense)
+  assert len({tuple(r) for r in np.asarray(batch.tokens_BxT)}) > n // 2  # many contexts
+  _, trace = jax.jit(lambda p, t: model_lib.forward(p, t, c.model))(params, batch.tokens_BxT)
+  for l, lt in enumerate(trace.layers):
+    for name, x in zip(("q", "k", "v"), (lt.query_BxTxHxD, lt.key_BxTxHxD,
+                                         lt.value_BxTxHxD)):
+      at_pos = np.asarray(x[:, pos])
+      same = all(np.array_equal(at_pos[0], row) for row in at_pos[1:])
+      assert same == (l == 0), (l, name)  # exact in layer 1; context enters later
+
+
+def test_ground_truth_matches_the_tables():
+  task = context_task.make_context_task(tiny_context_config().task)
+  tables = task.tables()
+  assert tables["ambiguous"][0] == {"token": "apple", "id": 0,
+                                    "senses": {"nature": "apple:fruit",
+                                               "tech": "apple:company"}}
+  cue_domain = {task.vocab.index(w): s for s, d in enumerate(context_task.DOMAINS)
+                for w in tables["cues"][d]}
+  neutral = {task.vocab.index(w) for w in tables["neutral"]}
+  b = jax.device_get(task.sample(jax.random.PRNGKey(0), 512))
+  for tok, tgt, pos, sense, word, cue in zip(*b):
+    assert tok[pos] == task.ambiguous_ids[word]
+    rest = np.delete(tok, pos)
+    assert set(rest) <= set(cue_domain) | neutral  # one ambiguous word, no meanings
+    assert [t in cue_domain for t in tok] == list(cue)
+    assert {cue_domain[t] for t in rest if t in cue_domain} == {sense}
+    assert any(cue[:pos])  # the sense is always readable before the word
+    assert task.vocab[tgt] == tables["ambiguous"][word]["senses"][
+        context_task.DOMAINS[sense]]
+  assert set(b.target_pos_B) == set(task.positions)
+  assert abs(b.sense_B.mean() - 0.5) < 0.1
+  again = task.sample(jax.random.PRNGKey(0), 512)
+  np.testing.assert_array_equal(b.tokens_BxT, again.tokens_BxT)
+  assert not np.array_equal(b.tokens_BxT, task.sample(jax.random.PRNGKey(1), 512).tokens_BxT)
+
+
+def test_probe_set_is_balanced_and_split_in_half():
+  task = context_task.make_context_task(tiny_context_config().task)
+  batch, fit = task.probe_set(jax.random.PRNGKey(0), replicates=4)
+  cell = np.asarray(task.group(batch) * 2 + batch.sense_B)
+  n_cells = 2 * task.n_ambiguous * len(task.positions)
+  np.testing.assert_array_equal(np.bincount(cell, minlength=n_cells), 4)
+  np.testing.assert_array_equal(np.bincount(cell[fit], minlength=n_cells), 2)
+
+
+def test_metrics_closed_forms():
+  rng = np.random.default_rng(0)
+  n_groups, per_cell = 5, 6
+  group = np.repeat(np.arange(n_groups), 2 * per_cell)
+  sense = np.tile(np.repeat([0, 1], per_cell), n_groups)
+  fit = np.tile(np.arange(per_cell) < per_cell // 2, 2 * n_groups)
+  offsets = rng.normal(size=(n_groups, 8)) * 3
+  # Identical vectors within a group: no spread, no sense, a probe at chance.
+  same = jnp.asarray(offsets[group], jnp.float32)
+  spread, share = study.context_variation(same, group, sense, n_groups)
+  assert float(spread) == 0.0 and float(share) == 0.0
+  assert float(study.ridge_probe_accuracy(same, sense, fit, 0.01)) == 0.5
+  # Pure sense: x = offset_g + c * (+-1) * u.
+  u = rng.normal(size=8)
+  x = offsets[group] + 0.5 * (2 * sense[:, None] - 1) * u
+  spread, share = study.context_variation(jnp.asarray(x, jnp.float32), group, sense,
+                                          n_groups)
+  expected = np.sqrt(2 * 0.25 * u @ u / np.mean(np.sum(x**2, -1)))
+  np.testing.assert_allclose([spread, share], [expected, 1.0], rtol=1e-4)
+  noisy = jnp.asarray(x + 0.05 * rng.normal(size=x.shape), jnp.float32)
+  assert float(study.ridge_probe_accuracy(noisy, sense, fit, 0.01)) == 1.0
+
+
+def test_end_to_end_tiny_run_and_redraw(tmp_path):
+  argv = ["run", "--exp=context", f"--results_dir={tmp_path}"] + TINY
+  assert run_cli.main(argv) == 0
+  (run_dir,) = (tmp_path / "context").iterdir()
+  for name in ["config.json", "task.json", "metrics.jsonl", "summary.json", "report.md",
+               "vectors_sample.json"] + [f"{f}.{e}" for f in (
+                   "context_layers", "context_spread", "sense_share", "sense_probe",
+                   "attention_cues", "loss_accuracy", "vectors_pca") for e in ("png", "pdf")]:
+    assert (run_dir / name).stat().st_size > 0, name
+  summary = json.loads((run_dir / "summary.json").read_text())
+  assert summary["num_seeds"] == 2 and summary["final_step"] == 4
+  claims = {c["claim"]: c for c in summary["claims"]}
+  assert len(claims) == 1 + 2 + 2 + 1
+  for c in claims.values():
+    assert c["verdict"] in ("supported", "not supported", "inconclusive")
+    assert c["effect"]["n"] == 2
+  layer1 = claims["layer 1: the ambiguous word's q, k, v differ between contexts"]
+  assert layer1["per_seed"] == [0.0, 0.0] and layer1["verdict"] == "not supported"
+  probe1 = claims["layer 1: the sense (fruit or company) is readable from q, k, v"]
+  assert probe1["per_seed"] == [0.0, 0.0] and probe1["verdict"] == "not supported"
+  rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+  assert {r["condition"] for r in rows} == {"trained"}
+  assert all(r[f"ctx_spread/L0/{n}"] == 0.0 for r in rows for n in study.REPS)
+  assert "| claim |" in (run_dir / "report.md").read_text()
+
+  for png in run_dir.glob("*.png"):
+    png.unlink()
+  before = (run_dir / "summary.json").read_text()
+  assert run_cli.main(["run", "--exp=figures", f"--config.run_dir={run_dir}"]) == 0
+  assert (run_dir / "context_layers.png").is_file()
+  assert (run_dir / "summary.json").read_text() == before
+
+
+@pytest.mark.parametrize("arg,expected", [
+    ("--config.model.n_layers=1", "config.model.n_layers=1 is out of range"),
+    ("--config.probe.replicates=3", "an even integer >= 2"),
+    ("--config.task.min_pos=8", "config.task.seq_len=8 is out of range"),
+    ("--config.task.cue_prob=1.5", "0 <= value <= 1"),
+    ("--config.task.n_neutral=0", "config.task.n_neutral=0 is out of range"),
+])
+def test_bad_config_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, arg, expected):
+  results = tmp_path / "results"
+  assert run_cli.main(["run", "--exp=context", f"--results_dir={results}", arg]) == 2
+  err = capsys.readouterr().err
+  assert expected in err and err.count("\n") == 1
+  assert not results.exists()
+
+
+def test_conjugate_gradient_matches_a_direct_solve():
+  rng = np.random.default_rng(1)
+  m = rng.normal(size=(40, 24)) * np.logspace(0, 1.5, 24)  # condition ~1e3
+  a = m.T @ m + 0.5 * np.eye(24)
+  b = rng.normal(size=24)
+  w = study.conjugate_gradient(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32), 48)
+  np.testing.assert_allclose(w, np.linalg.solve(a, b), rtol=2e-3, atol=1e-4)
+  zero = study.conjugate_gradient(jnp.asarray(a, jnp.float32), jnp.zeros(24), 48)
+  assert np.all(np.asarray(zero) == 0)
