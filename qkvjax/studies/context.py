@@ -567,7 +567,7 @@ def write_report(run_dir: pathlib.Path, saved: dict[str, Any], summary: dict[str
       "on the balanced set). Context reaches q, k, v only from layer 2 on, through "
       "layer 1's attention output in the residual stream.",
       "",
-      "Effects are across seeds: mean ± std, 95% percentile-bootstrap CI of the mean; a "
+      "Effects are across seeds: mean ± std, 95% expanded-percentile bootstrap CI of the mean; a "
       "claim is *supported* when the CI lies on the claimed side of its threshold, *not "
       "supported* when it lies on the other, and *inconclusive* otherwise.",
       "",
