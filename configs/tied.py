@@ -1,0 +1,46 @@
+"""`tied`: must Q, K and V come from three independent matrices?
+
+Separate W_Q, W_K, W_V against W_K = W_Q, W_Q = W_K = W_V and no value
+projection, on the selection task (verb -> noun, an asymmetric relation) and
+on the match task (noun -> noun of the same category, a symmetric one).
+
+    python -m experiments.run --exp=tied [--config.FIELD=VALUE ...]
+"""
+
+import ml_collections
+
+from qkvjax.config import model_config, optim_config
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0            # base seed; seed i of the run uses fold_in(seed, i)
+  c.num_seeds = 8       # trained together, vmapped, in one program per condition
+  c.steps = 800
+  c.log_every = 25      # steps between logging points (metrics at step 0 too)
+  c.batch_size = 64
+
+  # Comma-separated. Conditions: none (separate W_Q, W_K, W_V), qk (W_K = W_Q),
+  # qkv (W_Q = W_K = W_V), no_value (V = the layer input; needs
+  # n_heads * d_head == d_model). Tasks: selection (asymmetric), match (symmetric).
+  c.conditions = "none,qk,qkv,no_value"
+  c.tasks = "selection,match"
+  c.threshold = 0.9          # accuracy on the eval batch that counts as "reached"
+  c.eval_batch_size = 256    # one fixed batch, drawn from its own key
+  # A cost counts (verdict "supported") when its 95% CI lies above the margin,
+  # "not supported" when it lies below it.
+  c.acc_margin = 0.02        # final accuracy lost
+  c.speed_margin = 0.25      # log2 of the steps-to-threshold ratio (x1.19 slower)
+
+  c.task = ml_collections.ConfigDict()
+  c.task.n_categories = 6
+  c.task.nouns_per_category = 8   # the match task needs >= 2
+  c.task.verbs_per_category = 2
+  c.task.n_details = 8
+  c.task.n_slots = 4
+
+  # One layer: what attention does at the prediction position is directly
+  # visible. n_heads * d_head == d_model, as no_value needs.
+  c.model = model_config(d_model=32, n_heads=2, d_head=16, n_layers=1, d_mlp=64)
+  c.optim = optim_config(learning_rate=3e-3)
+  return c

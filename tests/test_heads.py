@@ -1,0 +1,129 @@
+"""`heads`: the two-relation task's ground truth, head ablation as an exact
+removal of one head's output, the separation index's closed forms, bad input,
+and an end-to-end tiny run that writes and redraws every file."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import run as run_cli
+from qkvjax import config as config_lib
+from qkvjax import model as model_lib
+from qkvjax import relation_tasks
+from qkvjax.studies import heads
+from tests.conftest import tiny_config
+
+TINY = ["--config.num_seeds=2", "--config.steps=4", "--config.log_every=2",
+        "--config.batch_size=8", "--config.eval_batch_size=16", "--config.model.d_model=16",
+        "--config.model.d_mlp=16", "--config.task.n_slots=3", "--config.task.n_categories=3",
+        "--config.task.nouns_per_category=3", "--config.task.n_details=3",
+        "--config.task.n_adverbs=3", "--config.task.n_manners=2",
+        "--config.n_heads_list=2", "--noprogress"]
+
+
+def _task():
+  cfg = tiny_config()
+  cfg.task.n_adverbs, cfg.task.n_manners = 5, 3
+  return relation_tasks.make_two_relation_task(cfg.task, seed=2)
+
+
+def test_two_relation_task_ground_truth():
+  task = _task()
+  batch = task.sample(jax.random.PRNGKey(0), 64)
+  again = task.sample(jax.random.PRNGKey(0), 64)
+  np.testing.assert_array_equal(batch.tokens_BxT, again.tokens_BxT)  # pure in the key
+  tables = task.tables()
+  noun = {n["id"]: n for n in tables["nouns"]}
+  verb = {v["id"]: v for v in tables["verbs"]}
+  adverb = {a["id"]: a for a in tables["adverbs"]}
+  vocab = task.vocab
+  for tokens, colour, pos, manner, prev in zip(*map(np.asarray, batch)):
+    assert prev == task.seq_len - 2 and tokens[prev] in adverb
+    assert vocab[manner] == adverb[tokens[prev]]["manner"]
+    assert noun[tokens[pos]]["category"] == verb[tokens[-1]]["selects"]
+    assert vocab[colour] == noun[tokens[pos]]["detail"]
+  assert len(task.vocab) == task.vocab_size == max(task.manner_ids) + 1
+  # 5 adverbs over 3 manners, as evenly as possible: counts 2, 2, 1.
+  assert sorted(np.bincount(task.adverb_manner)) == [1, 2, 2]
+  assert tables["manner_majority_accuracy"] == pytest.approx(0.4)
+
+
+def test_ablating_a_head_removes_exactly_its_output():
+  cfg = tiny_config(**{"model.n_layers": 1, "model.mlp": False})
+  params = model_lib.init_params(jax.random.PRNGKey(0), cfg.model, 12, 5)
+  tokens = jax.random.randint(jax.random.PRNGKey(1), (3, 5), 0, 12)
+  _, full = model_lib.forward(params, tokens, cfg.model)
+  _, ablated = model_lib.forward(heads.ablate_head(params, 0, 1), tokens, cfg.model)
+  lt = full.layers[0]
+  head_out_BxTxM = jnp.einsum("bts,bsd,dm->btm", lt.attn_weights_BxHxTxT[:, 1],
+                              lt.value_BxTxHxD[:, :, 1], params["layers"][0]["out"][1])
+  np.testing.assert_allclose(ablated.final_resid_BxTxM,
+                             full.final_resid_BxTxM - head_out_BxTxM, atol=1e-5)
+  assert float(jnp.abs(params["layers"][0]["out"][1]).sum()) > 0  # params untouched
+
+
+def test_separation_index_closed_forms():
+  disjoint = np.array([[[1.0, 0.0], [0.0, 2.0]]])     # each head serves one relation
+  shared = np.array([[[1.0, 2.0], [1.0, 2.0]]])       # both heads serve both alike
+  one_head = np.array([[[3.0, 0.5]]])
+  np.testing.assert_allclose(heads.separation(disjoint), [1.0])
+  np.testing.assert_allclose(heads.separation(shared), [0.0])
+  np.testing.assert_allclose(heads.separation(one_head), [0.0])
+  np.testing.assert_allclose(heads.separation(np.array([[[0.5, 0.0], [0.5, 1.0]]])), [0.5])
+  assert np.isnan(heads.separation(np.zeros((1, 2, 2))))[0]  # nothing to divide
+  np.testing.assert_array_equal(heads.distinct_top_heads(np.concatenate([disjoint, shared])),
+                                [1.0, 0.0])
+  np.testing.assert_allclose(heads.participation(shared), [[2.0, 2.0]])
+  assert heads.head_roles(np.concatenate([disjoint, shared])) == [
+      "1 select, 1 prev", "2 both"]
+
+
+@pytest.mark.parametrize("override,expected", [
+    ({"n_heads_list": "1,x"}, "config.n_heads_list='1,x' is out of range"),
+    ({"n_heads_list": "3"}, "do not divide config.model.d_model=32"),
+    ({"head_budget": "fixed"}, "config.head_budget='fixed' is out of range"),
+    ({"model.n_heads": 4}, "set per condition by this study"),
+    ({"separation_threshold": 1.0}, "config.separation_threshold=1.0 is out of range"),
+    ({"task.n_manners": 0}, "config.task.n_manners=0 is out of range"),
+])
+def test_bad_config_is_a_one_line_config_error(tmp_path, override, expected):
+  cfg = config_lib.load_config("heads")
+  for path, value in override.items():
+    node = cfg
+    *parents, leaf = path.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  with pytest.raises(config_lib.ConfigError, match=expected) as err:
+    heads.check(cfg, tmp_path / "results")
+  assert "\n" not in str(err.value) and not (tmp_path / "results").exists()
+
+
+def test_end_to_end_tiny_run_writes_every_file_and_redraws(tmp_path):
+  argv = ["run", "--exp=heads", f"--results_dir={tmp_path}"] + TINY
+  assert run_cli.main(argv) == 0
+  (run_dir,) = (tmp_path / "heads").iterdir()
+  figures = ("accuracy", "heatmap_attention", "heatmap_ablation", "separation")
+  for name in ["config.json", "task.json", "metrics.jsonl", "summary.json", "report.md"] + [
+      f"{f}.{e}" for f in figures for e in ("png", "pdf")]:
+    assert (run_dir / name).stat().st_size > 0, name
+  rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+  two = [r for r in rows if r["n_heads"] == 2]
+  assert {"share/select/L0/H1", "share/prev/L0/H1", "ablation/select/L0/H1",
+          "ablation/prev/L0/H1"} <= set(two[0])
+  summary = json.loads((run_dir / "summary.json").read_text())
+  assert summary["conditions"]["2"]["d_head"] == 8  # n_heads * d_head = d_model
+  assert np.asarray(summary["conditions"]["2"]["share_SxKxR"]).shape == (2, 2, 2)
+  for claim in summary["claims"]:
+    assert claim["verdict"] in ("supported", "not supported", "inconclusive")
+    assert len(claim["per_seed"]) == 2
+  assert "| claim |" in (run_dir / "report.md").read_text()
+
+  before = (run_dir / "summary.json").read_text()
+  (run_dir / "separation.png").unlink()
+  assert run_cli.main(["run", "--exp=figures", f"--config.run_dir={run_dir}"]) == 0
+  assert (run_dir / "separation.png").is_file()
+  assert (run_dir / "summary.json").read_text() == before

@@ -1,0 +1,143 @@
+"""`tied`: the match task's ground truth, the W_Q = W_K closed forms, bad
+input, and an end-to-end tiny run that writes and redraws every file."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import run as run_cli
+from qkvjax import config as config_lib
+from qkvjax import model as model_lib
+from qkvjax import relation_tasks
+from qkvjax.studies import tied
+from tests.conftest import tiny_config
+
+TINY = ["--config.num_seeds=2", "--config.steps=4", "--config.log_every=2",
+        "--config.batch_size=8", "--config.eval_batch_size=16", "--config.model.d_model=16",
+        "--config.model.n_heads=2", "--config.model.d_head=8", "--config.model.d_mlp=16",
+        "--config.task.n_slots=3", "--config.task.n_categories=3",
+        "--config.task.nouns_per_category=3", "--config.task.n_details=3",
+        "--config.conditions=none,qk", "--config.tasks=match", "--noprogress"]
+
+
+def test_match_task_targets_the_other_noun_of_the_probes_category():
+  cfg = tiny_config()
+  task = relation_tasks.make_match_task(cfg.task, seed=3)
+  batch = task.sample(jax.random.PRNGKey(0), 64)
+  again = task.sample(jax.random.PRNGKey(0), 64)
+  np.testing.assert_array_equal(batch.tokens_BxT, again.tokens_BxT)  # pure in the key
+  lang = task.language
+  category = {int(n): c for c in range(lang.noun_ids.shape[0]) for n in lang.noun_ids[c]}
+  colour = {int(lang.noun_ids[c, i]): int(lang.detail_ids[lang.noun_detail[c, i]])
+            for c in range(lang.noun_ids.shape[0]) for i in range(lang.noun_ids.shape[1])}
+  for tokens, target, pos in zip(np.asarray(batch.tokens_BxT), np.asarray(batch.target_B),
+                                 np.asarray(batch.target_pos_B)):
+    nouns, probe = tokens[:-1], tokens[-1]
+    assert len({category[n] for n in nouns}) == len(nouns)
+    assert category[nouns[pos]] == category[probe] and nouns[pos] != probe
+    assert colour[nouns[pos]] == target
+  assert task.seq_len == batch.tokens_BxT.shape[1] and task.vocab == lang.vocab
+  # Colours are distinct within a category (3 nouns, 4 colours), so the probe
+  # alone narrows the target to the other 2 nouns' colours: 1/2.
+  assert task.tables()["probe_only_accuracy"] == pytest.approx(0.5)
+
+
+def test_tied_scores_are_a_gram_matrix_so_a_token_outscores_equal_norm_keys():
+  """W_K = W_Q makes each head's score matrix S = c Q Q^T: symmetric, positive
+  semi-definite, and s_ii + s_jj >= 2 s_ij (so s_ii >= s_ij when s_ii = s_jj)."""
+  cfg = tiny_config(**{"model.tie": "qk", "model.causal": False, "model.n_layers": 1})
+  params = model_lib.init_params(jax.random.PRNGKey(0), cfg.model, 12, 5)
+  tokens = jax.random.randint(jax.random.PRNGKey(1), (3, 5), 0, 12)
+  _, trace = model_lib.forward(params, tokens, cfg.model)
+  s = np.asarray(trace.layers[0].attn_logits_BxHxTxT, np.float64)
+  np.testing.assert_allclose(s, np.swapaxes(s, -1, -2), atol=1e-5)
+  assert np.linalg.eigvalsh(s).min() > -1e-4
+  diag = np.diagonal(s, axis1=-2, axis2=-1)
+  assert np.all(diag[..., :, None] + diag[..., None, :] >= 2 * s - 1e-4)
+
+
+def test_steps_to_threshold_counts_censored_and_diverged_seeds():
+  steps = np.array([0, 10, 20])
+  acc = np.array([[0.1, 0.95, 1.0], [0.1, 0.2, 0.3], [0.1, np.nan, np.nan]])
+  np.testing.assert_array_equal(tied.steps_to_threshold(steps, acc, 0.9, 30),
+                                [10, 30, np.nan])
+
+
+def _synthetic(**per_task):
+  """A condition summary whose per-seed values are given per task and condition."""
+  keys = ("eval_accuracy", "steps_to_threshold", "attn_self")
+  return {task: {cond: {k: {"per_seed": v} for k, v in zip(keys, values)}
+                 for cond, values in conds.items()} for task, conds in per_task.items()}
+
+
+def test_claims_compare_conditions_seed_by_seed():
+  cfg = config_lib.load_config("tied")
+  cfg.conditions = "none,qk"
+  n = 6
+  none = ([1.0] * n, [100.0] * n, [0.2] * n)
+  per = _synthetic(
+      selection={"none": none, "qk": ([0.8] * n, [400.0, 420, 380, 400, 410, 390], [0.6] * n)},
+      match={"none": none, "qk": ([1.0] * n, [100.0, 110, 90, 100, 105, 95], [0.5] * n)})
+  claims = {c["claim"]: c for c in tied.evaluate_claims(
+      per, cfg, {"selection": 0.2, "match": 0.2})}
+  slow = claims["W_K = W_Q learns the selection task more slowly"]
+  assert slow["verdict"] == "supported" and abs(slow["effect"]["mean"] - 2.0) < 0.05
+  assert claims["W_K = W_Q ends less accurate on the selection task"]["verdict"] == "supported"
+  assert claims["W_K = W_Q learns the match task more slowly"]["verdict"] == "not supported"
+  assert claims["W_K = W_Q ends less accurate on the match task"]["verdict"] == "not supported"
+  assert claims["W_K = W_Q costs less when the relation is symmetric"]["verdict"] == "supported"
+  self_match = claims["W_K = W_Q makes the prediction position attend to itself (match)"]
+  assert self_match["verdict"] == "supported" and abs(self_match["effect"]["mean"] - 0.3) < 1e-9
+  learned = claims["prerequisite: separate W_Q, W_K, W_V learn the match task"]
+  assert abs(learned["effect"]["mean"] - 0.8) < 1e-9
+
+
+@pytest.mark.parametrize("override,expected", [
+    ({"conditions": "none,nope"}, "config.conditions='none,nope' is out of range"),
+    ({"tasks": ""}, "config.tasks='' is out of range"),
+    ({"model.tie": "qk"}, "set per condition by this study"),
+    ({"model.d_head": 4}, "config.model.value_proj=False is out of range"),
+    ({"task.nouns_per_category": 1}, "nouns_per_category=1 is out of range for the match"),
+    ({"threshold": 1.5}, "config.threshold=1.5 is out of range"),
+])
+def test_bad_config_is_a_one_line_config_error(tmp_path, override, expected):
+  cfg = config_lib.load_config("tied")
+  for path, value in override.items():
+    node = cfg
+    *parents, leaf = path.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  with pytest.raises(config_lib.ConfigError, match=expected.replace("(", r"\(")) as err:
+    tied.check(cfg, tmp_path / "results")
+  assert "\n" not in str(err.value) and not (tmp_path / "results").exists()
+
+
+def test_end_to_end_tiny_run_writes_every_file_and_redraws(tmp_path):
+  argv = ["run", "--exp=tied", f"--results_dir={tmp_path}"] + TINY
+  assert run_cli.main(argv) == 0
+  (run_dir,) = (tmp_path / "tied").iterdir()
+  figures = ("accuracy", "outcomes", "self_attention", "score_matrices", "attention_maps")
+  for name in ["config.json", "task.json", "metrics.jsonl", "summary.json", "report.md",
+               "score_samples.json"] + [f"{f}.{e}" for f in figures for e in ("png", "pdf")]:
+    assert (run_dir / name).stat().st_size > 0, name
+  rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+  assert {(r["task"], r["condition"]) for r in rows} == {("match", "none"), ("match", "qk")}
+  qk = [r for r in rows if r["condition"] == "qk"]
+  assert max(r["score_asym/L0"] for r in qk) < 1e-5  # W_K = W_Q: symmetric scores
+  assert min(r["score_asym/L0"] for r in rows if r["condition"] == "none") > 1e-2
+  summary = json.loads((run_dir / "summary.json").read_text())
+  names = [c["claim"] for c in summary["claims"]]
+  assert any("more slowly" in n for n in names) and any("attend to itself" in n for n in names)
+  for claim in summary["claims"]:
+    assert claim["verdict"] in ("supported", "not supported", "inconclusive")
+    assert claim["effect"]["n"] <= 2 and len(claim["per_seed"]) == 2
+  assert "| claim |" in (run_dir / "report.md").read_text()
+
+  before = (run_dir / "summary.json").read_text()
+  (run_dir / "outcomes.png").unlink()
+  assert run_cli.main(["run", "--exp=figures", f"--config.run_dir={run_dir}"]) == 0
+  assert (run_dir / "outcomes.png").is_file()
+  assert (run_dir / "summary.json").read_text() == before
