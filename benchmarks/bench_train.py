@@ -148,6 +148,14 @@ def tiny(cfg):
       "model.n_layers": "1", "model.d_mlp": "32", "batch_size": "8"})
 
 
+def reference_shape(cfg):
+  """One seed of the issue's reference model: d_model 64, 4 heads, 2 layers,
+  batch 64 x 32 tokens, Adam (31 noun slots + the verb = 32 tokens)."""
+  return config_lib.apply_overrides(cfg, {
+      "num_seeds": "1", "task.n_categories": "31", "task.n_slots": "31",
+      "task.nouns_per_category": "2", "batch_size": "64"})
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="fewer repeats (smoke test)")
@@ -162,7 +170,8 @@ def main():
       "versions": results.provenance()["versions"],
       "matmul_peak_gflops": matmul_peak_gflops(repeats=repeats * 2),
       "default": bench_config(cfg, cfg.log_every, repeats),
-      "scan": scan_gain(cfg, 10, repeats),
+      "reference_1seed_32tok": bench_config(reference_shape(cfg), 10, repeats),
+      "scan": scan_gain(reference_shape(cfg), 10, repeats),
       "vmap16_tiny": vmap_gain(tiny(cfg), 16, cfg.log_every, repeats),
       "vmap16_default": vmap_gain(cfg, 16, cfg.log_every, repeats),
   }
@@ -180,8 +189,12 @@ def main():
         f"measure {d['compile_measure_s']:.1f} s")
   print(f"  metrics cost: {d['measure_s'] * 1e3:.0f} ms per logging point = "
         f"{100 * d['metrics_overhead']:.1f}% of the {cfg.log_every} steps between them")
+  r = report["reference_1seed_32tok"]
+  print(f"reference shape (1 seed, batch 64 x 32 tokens): {r['steps_per_s']:.1f} steps/s, "
+        f"{r['gflop_per_step']:.2f} GFLOP/step -> {r['achieved_gflops']:.1f} GFLOP/s")
   s = report["scan"]
-  print(f"lax.scan of {s['steps']} steps vs {s['steps']} dispatches: {s['scan_speedup']:.2f}x")
+  print(f"reference shape, lax.scan of {s['steps']} steps vs {s['steps']} one-step "
+        f"dispatches: {s['scan_speedup']:.2f}x")
   for name in ("vmap16_tiny", "vmap16_default"):
     v = report[name]
     print(f"{name}: vmapped {v['vmapped_seed_steps_per_s']:.0f} vs sequential "
