@@ -23,6 +23,14 @@ def cell(text) -> str:
   return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def figure_lines(figures: dict[str, str]) -> list[str]:
+  """A report section per figure: the PNG embedded, the PDF linked."""
+  lines = []
+  for title, png in figures.items():
+    lines += [f"### {title}", "", f"![{title}]({png}) ([PDF]({png[:-4]}.pdf))", ""]
+  return lines
+
+
 def claims_table(claims: list[dict[str, Any]]) -> list[str]:
   lines = ["| claim | measured | effect: mean ± std (95% CI) | seeds | verdict |",
            "|---|---|---|---|---|"]
@@ -64,9 +72,7 @@ def write_specialization_report(run_dir: pathlib.Path, saved_config: dict[str, A
   for c in summary["claims"]:
     lines.append(f"- *{c['claim']}* — “{c['quote']}” ({c['source']})")
   lines += ["", "## Figures", ""]
-  for title, png in figures.items():
-    pdf = png.replace(".png", ".pdf")
-    lines += [f"### {title}", "", f"![{title}]({png}) ([PDF]({pdf}))", ""]
+  lines += figure_lines(figures)
   final = summary["final"]
   lines += ["## Final values", "", "| metric | mean ± std (95% CI) | seeds |", "|---|---|---|"]
   for key in ("loss", "accuracy"):

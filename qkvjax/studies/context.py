@@ -586,8 +586,7 @@ def write_report(run_dir: pathlib.Path, saved: dict[str, Any], summary: dict[str
   lines += ["", "## Per layer at the end (mean ± std across seeds)", ""]
   lines += _per_layer_table(summary, m["n_layers"]) + [""]
   lines += ["## Figures", ""]
-  for title, png in figs.items():
-    lines += [f"### {title}", "", f"![{title}]({png}) ([PDF]({png[:-4]}.pdf))", ""]
+  lines += report.figure_lines(figs)
   final = summary["final"][CONDITION]
   lines += ["## Final values", "", "| metric | mean ± std (95% CI) | seeds |", "|---|---|---|"]
   for key in ("loss", "accuracy", "probe_set_accuracy"):

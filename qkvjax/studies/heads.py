@@ -514,9 +514,7 @@ def write_report(run_dir, saved, summary, figures) -> None:
             "that relation's ablation damage is at least its uniform share 1/heads. Every "
             "seed's pattern is in `summary.json`.", ""]
   lines += ["## Figures", ""]
-  for title, png in figures.items():
-    lines += [f"### {title}", "", f"![{title}]({png}) ([PDF]({png.replace('.png', '.pdf')}))",
-              ""]
+  lines += report.figure_lines(figures)
   lines += ["Per-seed values are in `summary.json`; every logging point in `metrics.jsonl`. "
             f"Redraw with `python -m experiments.run --exp=figures --config.run_dir={run_dir}`.",
             ""]

@@ -340,9 +340,7 @@ def write_report(run_dir, saved, summary, figures, config) -> None:
   for c in summary["claims"]:
     lines.append(f"- *{c['claim']}* — “{c['quote']}” ({c['source']})")
   lines += ["", "## Figures", ""]
-  for title, png in figures.items():
-    pdf = png.replace(".png", ".pdf")
-    lines += [f"### {title}", "", f"![{title}]({png}) ([PDF]({pdf}))", ""]
+  lines += report.figure_lines(figures)
   lines += ["## At initialization, per condition and depth", "",
             "| condition | depth | cos(last rep., embedding) | rank collapse (last rep.) | "
             "log10 Q/K-to-V grad ratio | seeds |", "|---|---|---|---|---|---|"]

@@ -580,9 +580,7 @@ def write_report(run_dir, saved, summary, figures) -> None:
             "is the mean over heads. Score asymmetry is ‖S − Sᵀ‖/‖S‖ of the full (pre-mask) "
             "score matrix: 0 when W_K = W_Q.", ""]
   lines += ["## Figures", ""]
-  for title, png in figures.items():
-    lines += [f"### {title}", "", f"![{title}]({png}) ([PDF]({png.replace('.png', '.pdf')}))",
-              ""]
+  lines += report.figure_lines(figures)
   lines += ["Per-seed values are in `summary.json`; every logging point in `metrics.jsonl`. "
             f"Redraw with `python -m experiments.run --exp=figures --config.run_dir={run_dir}`.",
             ""]

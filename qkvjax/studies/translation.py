@@ -630,8 +630,7 @@ def write_report(run_dir: pathlib.Path, saved, summary, figs, greedy) -> None:
     lines += [f"| {e['word']} | {e['truth']} | {e['predicted']} |"
               for e in greedy["examples"]]
   lines += ["", "## Figures", ""]
-  for title, png in figs.items():
-    lines += [f"### {title}", "", f"![{title}]({png}) ([PDF]({png[:-4]}.pdf))", ""]
+  lines += report.figure_lines(figs)
   lines += ["Every metric's final value per seed is in `summary.json`; every logging "
             "point in `metrics.jsonl`. Redraw with `python -m experiments.run "
             f"--exp=figures --config.run_dir={run_dir}`.", ""]
