@@ -129,12 +129,8 @@ class SignalTrainer(train.Trainer):
   fast at depth 16. Initialization and measurement compile with
   ``FAST_COMPILE``; training chunks keep the Trainer's default."""
 
-  def __post_init__(self):
-    super().__post_init__()
-    self.init = jax.jit(jax.vmap(self.init_state), out_shardings=self._sharding,
-                        compiler_options=FAST_COMPILE)
-    self.measure = jax.jit(jax.vmap(self.measure_one), in_shardings=self._sharding,
-                           out_shardings=self._sharding, compiler_options=FAST_COMPILE)
+  init_compiler_options = FAST_COMPILE
+  measure_compiler_options = FAST_COMPILE
 
   def measure_one(self, state: train.TrainState) -> Metrics:
     batch: tasks.Batch = self.batch(state)

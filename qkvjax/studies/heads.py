@@ -88,23 +88,9 @@ class HeadsTrainer(train.Trainer):
   measurement compile with ``FAST_COMPILE``, training chunks with
   ``CHUNK_COMPILE``."""
 
-  def __post_init__(self):
-    super().__post_init__()
-    self.init = jax.jit(jax.vmap(self.init_state), out_shardings=self._sharding,
-                        compiler_options=FAST_COMPILE)
-    self.measure = jax.jit(jax.vmap(self.measure_one), in_shardings=self._sharding,
-                           out_shardings=self._sharding, compiler_options=FAST_COMPILE)
-
-  def train_chunk(self, n: int):
-    """``Trainer.train_chunk`` compiled with ``CHUNK_COMPILE``."""
-    if n not in self._chunks:
-      def chunk(state):
-        return jax.lax.scan(lambda s, _: (self.train_step(s), None), state, None,
-                            length=n)[0]
-      self._chunks[n] = jax.jit(jax.vmap(chunk), in_shardings=self._sharding,
-                                out_shardings=self._sharding, donate_argnums=0,
-                                compiler_options=CHUNK_COMPILE)
-    return self._chunks[n]
+  init_compiler_options = FAST_COMPILE
+  measure_compiler_options = FAST_COMPILE
+  chunk_compiler_options = CHUNK_COMPILE
 
   def relation_outputs(self, logits_BxV, batch) -> dict[str, tuple[jax.Array, jax.Array]]:
     """Per relation: (mean cross-entropy, correct_B) over its answer tokens."""
