@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import pathlib
 import platform
 import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from qkvjax import config as config_lib
 from qkvjax import results

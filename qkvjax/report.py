@@ -23,6 +23,18 @@ def cell(text) -> str:
   return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def quote_lines(claims: list[dict[str, Any]]) -> list[str]:
+  """Each claim with the article quote it tests."""
+  return [f"- *{c['claim']}* — “{c['quote']}” ({c['source']})" for c in claims]
+
+
+def redraw_lines(run_dir) -> list[str]:
+  """The closing note every report ends with."""
+  return ["", "Per-seed values are in `summary.json`; every logging point in "
+          "`metrics.jsonl`. Redraw the summary, figures and report without training: "
+          f"`python -m experiments.run --exp=figures --config.run_dir={run_dir}`.", ""]
+
+
 def figure_lines(figures: dict[str, str]) -> list[str]:
   """A report section per figure: the PNG embedded, the PDF linked."""
   lines = []
@@ -62,22 +74,19 @@ def write_specialization_report(run_dir: pathlib.Path, saved_config: dict[str, A
       "",
   ]
   if summary["diverged_seeds"]:
-    lines += [f"**Diverged seeds** (excluded from the statistics): "
+    lines += ["**Diverged seeds** (excluded from the statistics): "
               + ", ".join(f"seed {d['seed']} at step {d['step']}"
                           for d in summary["diverged_seeds"]), ""]
   else:
     lines += ["No seed diverged.", ""]
   lines += ["## Claims", ""] + claims_table(summary["claims"]) + [""]
   lines += ["## Quotes tested", ""]
-  for c in summary["claims"]:
-    lines.append(f"- *{c['claim']}* — “{c['quote']}” ({c['source']})")
+  lines += quote_lines(summary["claims"])
   lines += ["", "## Figures", ""]
   lines += figure_lines(figures)
   final = summary["final"]
   lines += ["## Final values", "", "| metric | mean ± std (95% CI) | seeds |", "|---|---|---|"]
   for key in ("loss", "accuracy"):
     lines.append(f"| {key} | {effect_cell(final[key])} | {final[key]['n']} |")
-  lines += ["", "Every metric's final value per seed is in `summary.json`; every logging "
-            "point in `metrics.jsonl`. Redraw the figures with "
-            f"`python -m experiments.run --exp=figures --config.run_dir={run_dir}`.", ""]
+  lines += redraw_lines(run_dir)
   results.write_atomic(run_dir / "report.md", "\n".join(lines))

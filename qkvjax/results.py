@@ -205,3 +205,12 @@ def spectrum(rows, layer: int, name: str, index: int) -> np.ndarray:
   if not keys:  # a tied or absent projection has no spectrum of its own
     return np.full((len({r["seed"] for r in rows}), 1), np.nan)
   return np.stack([metric_table(rows, k)[1][:, index] for k in keys], 1)
+
+
+def load_run(run_dir: str | os.PathLike):
+  """``(saved config.json, its config as a ConfigDict, metrics rows)`` of a run."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  run_dir = pathlib.Path(run_dir)
+  saved = read_json(run_dir / "config.json")
+  return (saved, ml_collections.ConfigDict(saved["config"]),
+          read_metrics(run_dir / "metrics.jsonl"))

@@ -1,7 +1,6 @@
 """Attention against jax.nn.dot_product_attention and a plain numpy reference."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

@@ -1,7 +1,6 @@
 """Model variants: tying, no value projection, QK-norm, residual scaling."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

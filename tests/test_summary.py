@@ -1,6 +1,5 @@
 """Summaries and claims from saved rows, including a diverged seed."""
 
-import ml_collections
 import numpy as np
 
 from qkvjax import results

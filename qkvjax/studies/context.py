@@ -26,7 +26,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
@@ -581,8 +580,7 @@ def write_report(run_dir: pathlib.Path, saved: dict[str, Any], summary: dict[str
   lines += ["## Claims", ""] + report.claims_table(summary["claims"]) + [""]
   lines += ["## Before training", "", summary["at_init"], ""]
   lines += ["## Quotes tested", ""]
-  for c in summary["claims"]:
-    lines.append(f"- *{c['claim']}* — “{c['quote']}” ({c['source']})")
+  lines += report.quote_lines(summary["claims"])
   lines += ["", "## Per layer at the end (mean ± std across seeds)", ""]
   lines += _per_layer_table(summary, m["n_layers"]) + [""]
   lines += ["## Figures", ""]
@@ -591,18 +589,14 @@ def write_report(run_dir: pathlib.Path, saved: dict[str, Any], summary: dict[str
   lines += ["## Final values", "", "| metric | mean ± std (95% CI) | seeds |", "|---|---|---|"]
   for key in ("loss", "accuracy", "probe_set_accuracy"):
     lines.append(f"| {key} | {report.effect_cell(final[key])} | {final[key]['n']} |")
-  lines += ["", "Every metric's final value per seed is in `summary.json`; every logging "
-            "point in `metrics.jsonl`. Redraw with "
-            f"`python -m experiments.run --exp=figures --config.run_dir={run_dir}`.", ""]
+  lines += report.redraw_lines(run_dir)
   results.write_atomic(run_dir / "report.md", "\n".join(lines))
 
 
 def finish(run_dir: pathlib.Path) -> None:
   """Summary, figures and report from the saved files alone."""
   run_dir = pathlib.Path(run_dir)
-  saved = results.read_json(run_dir / "config.json")
-  config = ml_collections.ConfigDict(saved["config"])
-  rows = results.read_metrics(run_dir / "metrics.jsonl")
+  saved, config, rows = results.load_run(run_dir)
   summary = summarize(rows, config)
   results.write_json(run_dir / "summary.json", summary)
   write_report(run_dir, saved, summary, figures(run_dir, rows, config))

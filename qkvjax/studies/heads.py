@@ -501,19 +501,15 @@ def write_report(run_dir, saved, summary, figures) -> None:
             "seed's pattern is in `summary.json`.", ""]
   lines += ["## Figures", ""]
   lines += report.figure_lines(figures)
-  lines += ["Per-seed values are in `summary.json`; every logging point in `metrics.jsonl`. "
-            f"Redraw with `python -m experiments.run --exp=figures --config.run_dir={run_dir}`.",
-            ""]
+  lines += report.redraw_lines(run_dir)
   results.write_atomic(run_dir / "report.md", "\n".join(lines))
 
 
 def finish(run_dir: pathlib.Path) -> None:
   """Summary, figures and report from the saved files alone."""
   run_dir = pathlib.Path(run_dir)
-  saved = results.read_json(run_dir / "config.json")
-  config = ml_collections.ConfigDict(saved["config"])
+  saved, config, rows = results.load_run(run_dir)
   tables = results.read_json(run_dir / "task.json")
-  rows = results.read_metrics(run_dir / "metrics.jsonl")
   summary = summarize(rows, config, tables)
   results.write_json(run_dir / "summary.json", summary)
   per = summary["conditions"]

@@ -337,8 +337,7 @@ def write_report(run_dir, saved, summary, figures, config) -> None:
       "",
       "## Claims", "",
   ] + report.claims_table(summary["claims"]) + ["", "## Quotes tested", ""]
-  for c in summary["claims"]:
-    lines.append(f"- *{c['claim']}* — “{c['quote']}” ({c['source']})")
+  lines += report.quote_lines(summary["claims"])
   lines += ["", "## Figures", ""]
   lines += report.figure_lines(figures)
   lines += ["## At initialization, per condition and depth", "",
@@ -351,18 +350,14 @@ def write_report(run_dir, saved, summary, figures, config) -> None:
                    f"{report.effect_cell(e['rank_collapse_last'])} | "
                    f"{report.effect_cell(e['log10_qk_to_v_grad'])} | "
                    f"{e['embed_cos_last']['n']} |")
-  lines += ["", "Per-seed values are in `summary.json`; every measurement in "
-            "`metrics.jsonl`. Redraw with "
-            f"`python -m experiments.run --exp=figures --config.run_dir={run_dir}`.", ""]
+  lines += report.redraw_lines(run_dir)
   results.write_atomic(run_dir / "report.md", "\n".join(lines))
 
 
 def finish(run_dir: pathlib.Path) -> None:
   """Summary, figures and report from the saved files alone."""
   run_dir = pathlib.Path(run_dir)
-  saved = results.read_json(run_dir / "config.json")
-  config = ml_collections.ConfigDict(saved["config"])
-  rows = results.read_metrics(run_dir / "metrics.jsonl")
+  saved, config, rows = results.load_run(run_dir)
   summary = summarize(rows, config)
   results.write_json(run_dir / "summary.json", summary)
   figures = {

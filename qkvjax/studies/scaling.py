@@ -565,8 +565,7 @@ def write_report(run_dir, saved, summary, figures, config) -> None:
     lines += ["No run diverged.", ""]
   lines += ["## Claims", ""] + report.claims_table(summary["claims"]) + [""]
   lines += ["## Quotes tested", ""]
-  for c in summary["claims"]:
-    lines.append(f"- *{c['claim']}* — “{c['quote']}” ({c['source']})")
+  lines += report.quote_lines(summary["claims"])
   lines += ["", "## Figures", ""]
   lines += report.figure_lines(figures)
   lines += ["## At initialization", "",
@@ -591,18 +590,14 @@ def write_report(run_dir, saved, summary, figures, config) -> None:
                      f"{report.effect_cell(e['norm_entropy'])} | "
                      f"{report.effect_cell(e['max_logit'])} | "
                      f"{e['diverged_fraction']:.2f} |")
-  lines += ["", "Per-seed values are in `summary.json`; every logging point in "
-            "`metrics.jsonl`. Redraw with "
-            f"`python -m experiments.run --exp=figures --config.run_dir={run_dir}`.", ""]
+  lines += report.redraw_lines(run_dir)
   results.write_atomic(run_dir / "report.md", "\n".join(lines))
 
 
 def finish(run_dir: pathlib.Path) -> None:
   """Summary, figures and report from the saved files alone."""
   run_dir = pathlib.Path(run_dir)
-  saved = results.read_json(run_dir / "config.json")
-  config = ml_collections.ConfigDict(saved["config"])
-  rows = results.read_metrics(run_dir / "metrics.jsonl")
+  saved, config, rows = results.load_run(run_dir)
   summary = summarize(rows, config)
   results.write_json(run_dir / "summary.json", summary)
   figures = {

@@ -211,10 +211,7 @@ def run(config, results_dir: str | pathlib.Path, progress: bool = True) -> pathl
 
 def finish(run_dir: pathlib.Path) -> None:
   """Summary, figures and report from the saved files alone."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  saved = results.read_json(run_dir / "config.json")
-  config = ml_collections.ConfigDict(saved["config"])
-  rows = results.read_metrics(run_dir / "metrics.jsonl")
+  saved, config, rows = results.load_run(run_dir)
   tables = results.read_json(run_dir / "task.json")
   summary = summarize(rows, config, tables)
   results.write_json(run_dir / "summary.json", summary)

@@ -567,18 +567,14 @@ def write_report(run_dir, saved, summary, figures) -> None:
             "score matrix: 0 when W_K = W_Q.", ""]
   lines += ["## Figures", ""]
   lines += report.figure_lines(figures)
-  lines += ["Per-seed values are in `summary.json`; every logging point in `metrics.jsonl`. "
-            f"Redraw with `python -m experiments.run --exp=figures --config.run_dir={run_dir}`.",
-            ""]
+  lines += report.redraw_lines(run_dir)
   results.write_atomic(run_dir / "report.md", "\n".join(lines))
 
 
 def finish(run_dir: pathlib.Path) -> None:
   """Summary, figures and report from the saved files alone."""
   run_dir = pathlib.Path(run_dir)
-  saved = results.read_json(run_dir / "config.json")
-  config = ml_collections.ConfigDict(saved["config"])
-  rows = results.read_metrics(run_dir / "metrics.jsonl")
+  saved, config, rows = results.load_run(run_dir)
   summary = summarize(rows, config, results.read_json(run_dir / "task.json"))
   results.write_json(run_dir / "summary.json", summary)
   figures = {

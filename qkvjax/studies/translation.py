@@ -610,8 +610,7 @@ def write_report(run_dir: pathlib.Path, saved, summary, figs, greedy) -> None:
     lines += ["No seed diverged.", ""]
   lines += ["## Claims", ""] + report.claims_table(summary["claims"]) + [""]
   lines += ["## Quotes tested", ""]
-  for c in summary["claims"]:
-    lines.append(f"- *{c['claim']}* — “{c['quote']}” ({c['source']})")
+  lines += report.quote_lines(summary["claims"])
   final = summary["final"]
   lines += ["", "## Held-out accuracy", "", "| metric | mean ± std (95% CI) | seeds |",
             "|---|---|---|"]
@@ -631,9 +630,7 @@ def write_report(run_dir: pathlib.Path, saved, summary, figs, greedy) -> None:
               for e in greedy["examples"]]
   lines += ["", "## Figures", ""]
   lines += report.figure_lines(figs)
-  lines += ["Every metric's final value per seed is in `summary.json`; every logging "
-            "point in `metrics.jsonl`. Redraw with `python -m experiments.run "
-            f"--exp=figures --config.run_dir={run_dir}`.", ""]
+  lines += report.redraw_lines(run_dir)
   results.write_atomic(run_dir / "report.md", "\n".join(lines))
 
 
@@ -699,9 +696,7 @@ def run(config, results_dir, progress: bool = True) -> pathlib.Path:
 def finish(run_dir) -> None:
   """Summary, figures and report from the saved files alone."""
   run_dir = pathlib.Path(run_dir)
-  saved = results.read_json(run_dir / "config.json")
-  config = ml_collections.ConfigDict(saved["config"])
-  rows = results.read_metrics(run_dir / "metrics.jsonl")
+  saved, config, rows = results.load_run(run_dir)
   data_info = results.read_json(run_dir / "data.json")
   greedy_path = run_dir / "heldout_eval.json"
   greedy = results.read_json(greedy_path) if greedy_path.exists() else None
