@@ -23,6 +23,21 @@ def cell(text) -> str:
   return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def diverged_lines(diverged) -> list[str]:
+  """The diverged seeds, from a list of ``{"seed", "step"}`` or a dict of
+  such lists per condition; they are excluded from the statistics."""
+  def seeds(items):
+    return ", ".join(f"seed {d['seed']} at step {d['step']}" for d in items)
+  if isinstance(diverged, dict):
+    text = "; ".join(f"{k}: {seeds(v)}" for k, v in diverged.items() if v)
+  else:
+    text = seeds(diverged)
+  if not text:
+    return ["No seed diverged.", ""]
+  return ["**Diverged seeds** (NaN from divergence on, excluded from the statistics): "
+          + text, ""]
+
+
 def quote_lines(claims: list[dict[str, Any]]) -> list[str]:
   """Each claim with the article quote it tests."""
   return [f"- *{c['claim']}* — “{c['quote']}” ({c['source']})" for c in claims]
@@ -73,12 +88,7 @@ def write_specialization_report(run_dir: pathlib.Path, saved_config: dict[str, A
       "when it lies on the other, and *inconclusive* otherwise.",
       "",
   ]
-  if summary["diverged_seeds"]:
-    lines += ["**Diverged seeds** (excluded from the statistics): "
-              + ", ".join(f"seed {d['seed']} at step {d['step']}"
-                          for d in summary["diverged_seeds"]), ""]
-  else:
-    lines += ["No seed diverged.", ""]
+  lines += diverged_lines(summary["diverged_seeds"])
   lines += ["## Claims", ""] + claims_table(summary["claims"]) + [""]
   lines += ["## Quotes tested", ""]
   lines += quote_lines(summary["claims"])

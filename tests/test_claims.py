@@ -41,3 +41,13 @@ def test_combined_report_lists_every_claim_with_ci_seeds_and_links(tmp_path):
 def test_bad_experiment_list_is_rejected(value):
   with pytest.raises(ConfigError, match="accepted: a comma-separated list of"):
     claims.experiment_names(ml_collections.ConfigDict({"experiments": value}))
+
+
+def test_diverged_lines_list_and_per_condition():
+  from qkvjax import report  # pylint: disable=g-import-not-at-top
+  assert report.diverged_lines([]) == ["No seed diverged.", ""]
+  assert report.diverged_lines({"qk": [], "none": []}) == ["No seed diverged.", ""]
+  one = report.diverged_lines([{"seed": 2, "step": 7}])[0]
+  assert one.endswith("seed 2 at step 7")
+  per = report.diverged_lines({"qk": [{"seed": 1, "step": 3}], "none": []})[0]
+  assert per.endswith("qk: seed 1 at step 3") and "none" not in per

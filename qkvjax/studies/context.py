@@ -571,12 +571,7 @@ def write_report(run_dir: pathlib.Path, saved: dict[str, Any], summary: dict[str
       "supported* when it lies on the other, and *inconclusive* otherwise.",
       "",
   ]
-  if summary["diverged_seeds"]:
-    lines += ["**Diverged seeds** (excluded from the statistics): "
-              + ", ".join(f"seed {d['seed']} at step {d['step']}"
-                          for d in summary["diverged_seeds"]), ""]
-  else:
-    lines += ["No seed diverged.", ""]
+  lines += report.diverged_lines(summary["diverged_seeds"])
   lines += ["## Claims", ""] + report.claims_table(summary["claims"]) + [""]
   lines += ["## Before training", "", summary["at_init"], ""]
   lines += ["## Quotes tested", ""]

@@ -467,13 +467,7 @@ def write_report(run_dir, saved, summary, figures) -> None:
       "bootstrap CI of the mean; *supported* when the CI lies above the stated threshold, "
       "*not supported* when below, *inconclusive* when it straddles.", "",
   ]
-  if summary["diverged_seeds"]:
-    lines += ["**Diverged seeds** (NaN from divergence on, excluded from statistics): "
-              + "; ".join(f"{n} heads: " + ", ".join(f"seed {d['seed']} at step {d['step']}"
-                                                   for d in v)
-                          for n, v in summary["diverged_seeds"].items()), ""]
-  else:
-    lines += ["No seed diverged.", ""]
+  lines += report.diverged_lines(summary["diverged_seeds"])
   lines += ["## Claims", ""] + report.claims_table(summary["claims"]) + [""]
   lines += ["## Quote tested", "", f"- “{QUOTE}” ({ARTICLE_000})", ""]
   lines += ["## Per head count (final values)", "",

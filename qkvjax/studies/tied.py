@@ -529,13 +529,7 @@ def write_report(run_dir, saved, summary, figures) -> None:
       "percentile bootstrap CI of the mean; *supported* when the CI lies above the stated "
       "margin, *not supported* when below it, *inconclusive* when it straddles.", "",
   ]
-  if summary["diverged_seeds"]:
-    lines += ["**Diverged seeds** (NaN from divergence on, excluded from statistics): "
-              + "; ".join(f"{k}: " + ", ".join(f"seed {d['seed']} at step {d['step']}"
-                                             for d in v)
-                          for k, v in summary["diverged_seeds"].items()), ""]
-  else:
-    lines += ["No seed diverged.", ""]
+  lines += report.diverged_lines(summary["diverged_seeds"])
   lines += ["## Claims", ""] + report.claims_table(summary["claims"]) + [""]
   lines += ["## Quotes tested", "",
             f"- “{QUOTE_INDEPENDENT}” ({ARTICLE_000})",

@@ -602,12 +602,7 @@ def write_report(run_dir: pathlib.Path, saved, summary, figs, greedy) -> None:
       "supported* when on the other, *inconclusive* otherwise.",
       "",
   ]
-  if summary["diverged_seeds"]:
-    lines += ["**Diverged seeds** (excluded from the statistics): "
-              + ", ".join(f"seed {d['seed']} at step {d['step']}"
-                          for d in summary["diverged_seeds"]), ""]
-  else:
-    lines += ["No seed diverged.", ""]
+  lines += report.diverged_lines(summary["diverged_seeds"])
   lines += ["## Claims", ""] + report.claims_table(summary["claims"]) + [""]
   lines += ["## Quotes tested", ""]
   lines += report.quote_lines(summary["claims"])
