@@ -6,26 +6,33 @@ Bad input exits with code 2 and a one-line error, before anything is written.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import sys
 
 from absl import flags
 
 from qkvjax import config as config_lib
+from qkvjax import study as study_lib
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("exp", "specialization", "Experiment: the name of a file in configs/.")
+flags.DEFINE_string("exp", "specialization", "Experiment: the name of a module in configs/.")
 flags.DEFINE_string("results_dir", "results", "Where run directories are created.")
 flags.DEFINE_bool("progress", True, "Show a progress bar while training.")
 
 
-def study(exp: str):
-  """The module behind ``--exp=exp``: ``qkvjax.studies.<exp>``."""
+def entry(exp: str):
+  """``(check, run)`` of ``--exp=exp``: its ``qkvjax.studies.<exp>.STUDY`` run
+  by the study framework, or the module's own ``check`` and ``run``."""
   names = config_lib.available_experiments()
   if exp not in names:
     raise config_lib.ConfigError(
         f"unknown experiment {exp!r}; accepted: {', '.join(names)}")
-  return importlib.import_module(f"qkvjax.studies.{exp}")
+  module = importlib.import_module(f"qkvjax.studies.{exp}")
+  if hasattr(module, "STUDY"):
+    return (functools.partial(study_lib.check, module.STUDY),
+            functools.partial(study_lib.run, module.STUDY))
+  return module.check, module.run
 
 
 def main(argv: list[str]) -> int:
@@ -44,15 +51,15 @@ def main(argv: list[str]) -> int:
       raise config_lib.ConfigError(
           f"unexpected argument {positional[0]!r}; accepted: --exp=NAME, "
           "--results_dir=DIR, --[no]progress and --config.FIELD=VALUE")
-    module = study(FLAGS.exp)
+    check, run = entry(FLAGS.exp)
     config = config_lib.apply_overrides(config_lib.load_config(FLAGS.exp), overrides,
                                         FLAGS.exp)
-    module.check(config, FLAGS.results_dir)
+    check(config, FLAGS.results_dir)
   except config_lib.ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   try:
-    run_dir = module.run(config, FLAGS.results_dir, progress=FLAGS.progress)
+    run_dir = run(config, FLAGS.results_dir, progress=FLAGS.progress)
   except KeyboardInterrupt:
     print("interrupted: the run directory keeps config.json and every metric logged so "
           "far (redraw with --exp=figures --config.run_dir=DIR)", file=sys.stderr)

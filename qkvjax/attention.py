@@ -25,8 +25,11 @@ class Attention(NamedTuple):
   weights_BxHxTxS: jax.Array  # softmax of the masked logits
 
 
-def resolve_scale(scale: float | str | None, d_k: int) -> float:
-  """Turns the ``scale`` argument into the number the scores are multiplied by."""
+def resolve_scale(scale: float | str | None | jax.Array, d_k: int) -> float | jax.Array:
+  """Turns the ``scale`` argument into the number the scores are multiplied by
+  (an array, e.g. a per-run value traced under ``vmap``, is used as it is)."""
+  if isinstance(scale, jax.Array):
+    return scale
   if scale == INV_SQRT_DK:
     return 1.0 / math.sqrt(d_k)
   if scale is None:
@@ -47,7 +50,7 @@ def dot_product_attention(
     key_BxSxHxD: jax.Array,
     value_BxSxHxD: jax.Array,
     mask: jax.Array | None = None,
-    scale: float | str | None = INV_SQRT_DK,
+    scale: float | str | None | jax.Array = INV_SQRT_DK,
 ) -> Attention:
   """softmax(scale * Q K^T) V per head, with the softmax in float32.
 
@@ -56,7 +59,8 @@ def dot_product_attention(
     key_BxSxHxD: keys.
     value_BxSxHxD: values.
     mask: optional boolean mask broadcastable to [B, H, T, S]; True = attend.
-    scale: ``INV_SQRT_DK`` (default), ``None`` for no scaling, or a number.
+    scale: ``INV_SQRT_DK`` (default), ``None`` for no scaling, a number or
+      a scalar array.
 
   Returns:
     ``Attention(out, logits, weights)``.

@@ -1,41 +1,42 @@
-"""Loading experiment configs and applying typed command-line overrides.
+"""Experiment configs: loading, typed command-line overrides, checks.
 
-An experiment ``NAME`` is the file ``configs/NAME.py`` whose ``get_config()``
-returns an ``ml_collections.ConfigDict``. Overrides are ``FIELD=VALUE`` with
-dotted paths for nested fields; the value is parsed as the field's type.
+An experiment ``NAME`` is the module ``configs/NAME.py`` (installed with the
+package) whose ``get_config()`` returns an ``ml_collections.ConfigDict``.
+Overrides are ``FIELD=VALUE`` with dotted paths for nested fields; the value
+is parsed as the field's type, and a tuple field takes comma-separated items
+of its items' type (``--config.d_heads=8,32``).
 """
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import math
-import pathlib
+import pkgutil
+from typing import Any, Iterable
 
 import ml_collections
-
-CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
 
 
 class ConfigError(ValueError):
   """Bad user input: the message is one line naming the value and what is accepted."""
 
 
-def available_experiments(config_dir: pathlib.Path = CONFIG_DIR) -> list[str]:
-  return sorted(p.stem for p in config_dir.glob("*.py") if not p.stem.startswith("_"))
+# ---- experiments -----------------------------------------------------------------
+def available_experiments() -> list[str]:
+  import configs  # pylint: disable=g-import-not-at-top
+  return sorted(m.name for m in pkgutil.iter_modules(configs.__path__)
+                if not m.name.startswith("_"))
 
 
-def load_config(exp: str, config_dir: pathlib.Path = CONFIG_DIR) -> ml_collections.ConfigDict:
-  names = available_experiments(config_dir)
+def load_config(exp: str) -> ml_collections.ConfigDict:
+  names = available_experiments()
   if exp not in names:
     raise ConfigError(f"unknown experiment {exp!r}; accepted: {', '.join(names)}")
-  spec = importlib.util.spec_from_file_location(f"configs.{exp}", config_dir / f"{exp}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return importlib.import_module(f"configs.{exp}").get_config()
 
 
 def model_config(**overrides) -> ml_collections.ConfigDict:
-  """The ``model`` block (``qkvjax.model``) with its defaults, then ``overrides``."""
+  """The ``model`` block (``qkvjax.models.Transformer``) with its defaults, then ``overrides``."""
   m = ml_collections.ConfigDict()
   m.d_model = 64
   m.n_heads = 4
@@ -50,7 +51,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
   m.value_proj = True        # False: V is the layer input (needs H*D = d_model)
   m.qk_norm = False          # LayerNorm on q and k (QK-norm)
   m.qkv_init = "lecun_normal"  # one initializer for W_Q, W_K and W_V
-  m.qkv_init_scale = 1.0
+  m.qkv_init_scale = 1.0     # variance scale of that initializer
   m.attn_scale = "inv_sqrt_dk"  # or "none", or a number
   m.update(overrides)
   return m
@@ -71,8 +72,13 @@ def optim_config(**overrides) -> ml_collections.ConfigDict:
   return o
 
 
-def _parse(path: str, text: str, current):
-  kind = type(current)
+# ---- parsing -----------------------------------------------------------------------
+_KIND_TEXT = {bool: "a bool (true/false)", int: "an integer", float: "a finite number",
+              str: "a string"}
+
+
+def parse_value(flag: str, text: str, kind: type):
+  """``text`` as ``kind`` (bool, int, float or str); ConfigError naming ``flag``."""
   try:
     if kind is bool:
       low = text.strip().lower()
@@ -89,46 +95,103 @@ def _parse(path: str, text: str, current):
         raise ValueError
       return value
     if kind is str:
-      return text
+      if not text.strip():
+        raise ValueError
+      return text.strip()
   except ValueError:
     pass
-  names = {bool: "a bool (true/false)", int: "an integer", float: "a finite number",
-           str: "a string"}
-  raise ConfigError(f"--config.{path}={text!r} is not {names.get(kind, kind.__name__)}")
+  raise ConfigError(f"{flag}={text!r} is not {_KIND_TEXT.get(kind, kind.__name__)}")
 
 
-def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str],
+def parse_list(flag: str, text: str, kind: type) -> tuple:
+  """Comma-separated ``kind`` items: one rule for every list on the command
+  line. No empty list, no empty item, no repeated item."""
+  items = [t.strip() for t in text.split(",")]
+  if not text.strip() or any(not t for t in items):
+    raise ConfigError(f"{flag}={text!r} has an empty item; accepted: comma-separated "
+                      f"{_KIND_TEXT.get(kind, kind.__name__)} values, none empty")
+  values = tuple(parse_value(flag, t, kind) for t in items)
+  if len(set(values)) != len(values):
+    raise ConfigError(f"{flag}={text!r} repeats a value; accepted: distinct values")
+  return values
+
+
+def item_kind(current: tuple) -> type:
+  """The type of a tuple field's items (str for an empty tuple)."""
+  kinds = {type(v) for v in current}
+  if kinds == {int, float}:
+    return float
+  return kinds.pop() if len(kinds) == 1 else str
+
+
+def field(config: ml_collections.ConfigDict, path: str):
+  """The value at a dotted ``path``; ConfigError naming the accepted fields."""
+  node = config
+  parts = path.split(".")
+  for i, part in enumerate(parts):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      where = ".".join(parts[:i]) or "the top level"
+      fields = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+      raise ConfigError(f"unknown config field {path!r}; accepted at {where}: "
+                        f"{', '.join(fields)}")
+    node = node[part]
+  return node
+
+
+def parse_field(config: ml_collections.ConfigDict, path: str, text: str,
+                flag: str | None = None):
+  """``text`` parsed as the type of the field at ``path`` of ``config``."""
+  flag = flag or f"--config.{path}"
+  current = field(config, path)
+  if isinstance(current, ml_collections.ConfigDict):
+    raise ConfigError(f"{flag} is a group; set one of its fields: "
+                      f"{', '.join(sorted(current.keys()))}")
+  if isinstance(current, tuple):
+    return parse_list(flag, text, item_kind(current))
+  return parse_value(flag, text, type(current))
+
+
+def set_field(config: ml_collections.ConfigDict, path: str, value) -> None:
+  *parents, leaf = path.split(".")
+  node = config
+  for p in parents:
+    node = node[p]
+  node[leaf] = value
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any],
                     exp: str = "") -> ml_collections.ConfigDict:
-  """Returns a copy of ``config`` with ``{"a.b": "value"}`` overrides applied."""
-  config = ml_collections.ConfigDict(config.to_dict())
-  for path, text in overrides.items():
-    node = config
-    parts = path.split(".")
-    for i, part in enumerate(parts):
-      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-        where = ".".join(parts[:i]) or "the top level"
-        fields = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
-        raise ConfigError(
-            f"unknown config field {path!r}" + (f" for experiment {exp!r}" if exp else "")
-            + f"; accepted at {where}: {', '.join(fields)}")
-      if i < len(parts) - 1:
-        node = node[part]
-    current = node[parts[-1]]
-    if isinstance(current, ml_collections.ConfigDict):
-      raise ConfigError(f"--config.{path} is a group; set one of its fields: "
-                        f"{', '.join(sorted(current.keys()))}")
-    node[parts[-1]] = _parse(path, text, current)
+  """A copy of ``config`` with ``{"a.b": "text" or value}`` applied; text is
+  parsed as the field's type."""
+  config = copy(config)
+  for path, value in overrides.items():
+    try:
+      if isinstance(value, str):
+        value = parse_field(config, path, value)
+      else:
+        field(config, path)
+    except ConfigError as e:
+      if exp and str(e).startswith("unknown config field"):
+        raise ConfigError(str(e).replace(f"field {path!r}",
+                                         f"field {path!r} for experiment {exp!r}")) from None
+      raise
+    set_field(config, path, value)
   return config
 
 
-def split_override_args(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+def copy(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(config.to_dict())
+
+
+def split_override_args(argv: list[str], prefix: str = "--config."
+                        ) -> tuple[list[str], dict[str, str]]:
   """Separates ``--config.FIELD=VALUE`` arguments from the rest of argv."""
   rest, overrides = [], {}
   for arg in argv:
-    if arg.startswith("--config."):
-      body = arg[len("--config."):]
+    if arg.startswith(prefix):
+      body = arg[len(prefix):]
       if "=" not in body:
-        raise ConfigError(f"{arg!r} has no value; write --config.FIELD=VALUE")
+        raise ConfigError(f"{arg!r} has no value; write {prefix}FIELD=VALUE")
       path, value = body.split("=", 1)
       overrides[path] = value
     else:
@@ -136,42 +199,66 @@ def split_override_args(argv: list[str]) -> tuple[list[str], dict[str, str]]:
   return rest, overrides
 
 
-def parse_list(config, field: str, kind: type, accepted: str, ok=lambda v: True) -> list:
-  """A comma-separated config field as a list of ``kind``; ConfigError if any
-  item does not parse or fails ``ok``, or if the list is empty or repeats."""
-  text = config[field]
-  try:
-    items = [kind(x.strip()) for x in str(text).split(",")]
-  except ValueError:
-    items = None
-  if (not items or len(set(items)) != len(items) or not all(ok(v) for v in items)
-      or (kind is float and not all(math.isfinite(v) for v in items))):
-    raise ConfigError(f"config.{field}={text!r} is out of range; accepted: {accepted}")
-  return items
+# ---- a read-only view whose fields may be traced per-run values ---------------------
+class View:
+  """Attribute access over a config's values with some fields replaced (e.g.
+  by traced per-run arrays inside ``vmap``); model constructors read it like
+  a ConfigDict."""
+
+  def __init__(self, values: dict[str, Any]):
+    self._values = values
+
+  def __getattr__(self, name: str):
+    try:
+      value = self._values[name]
+    except KeyError:
+      raise AttributeError(name) from None
+    return View(value) if isinstance(value, dict) else value
+
+  __getitem__ = __getattr__
+
+  def __contains__(self, name: str) -> bool:
+    return name in self._values
 
 
-def _require(ok: bool, path: str, value, accepted: str):
+def view(config: ml_collections.ConfigDict, replace: dict[str, Any] | None = None) -> View:
+  """A ``View`` of ``config`` with the dotted fields of ``replace`` swapped in."""
+  values = config.to_dict()
+  for path, value in (replace or {}).items():
+    *parents, leaf = path.split(".")
+    node = values
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return View(values)
+
+
+# ---- checks --------------------------------------------------------------------------
+def require(ok: bool, path: str, value, accepted: str) -> None:
+  """ConfigError ``config.PATH=VALUE is out of range; accepted: ...`` unless ``ok``."""
   if not ok:
     raise ConfigError(f"config.{path}={value!r} is out of range; accepted: {accepted}")
 
 
-def _get(c, path):
-  for part in path.split("."):
-    c = c[part]
-  return c
-
-
-def require_at_least(c, paths, minimum=1) -> None:
+def require_at_least(c, paths: Iterable[str], minimum=1) -> None:
   """Each dotted ``path`` of ``c`` must be >= ``minimum``."""
   for path in paths:
-    value = _get(c, path)
-    _require(value >= minimum, path, value,
-             f"an integer >= {minimum}" if isinstance(value, int) else f"a number >= {minimum}")
+    value = field(c, path)
+    require(value >= minimum, path, value,
+            f"an integer >= {minimum}" if isinstance(value, int) else f"a number >= {minimum}")
 
 
-def require_choice(c, path, choices) -> None:
-  value = _get(c, path)
-  _require(value in choices, path, value, ", ".join(map(str, choices)))
+def require_choice(c, path: str, choices) -> None:
+  value = field(c, path)
+  require(value in choices, path, value, ", ".join(map(str, choices)))
+
+
+def require_values(c, path: str, ok, accepted: str) -> tuple:
+  """A tuple field whose every item passes ``ok``."""
+  values = field(c, path)
+  require(isinstance(values, tuple) and len(values) > 0 and all(ok(v) for v in values)
+          and len(set(values)) == len(values), path, values, accepted)
+  return values
 
 
 MAX_SEED = 2**32 - 1
@@ -179,36 +266,42 @@ MAX_SEEDS = 4096
 MAX_BATCH = 65536
 
 
-def validate_common(c: ml_collections.ConfigDict) -> None:
+def validate_common(c: ml_collections.ConfigDict, min_steps: int = 1) -> None:
   """Fields every training experiment has."""
-  require_at_least(c, ("num_seeds", "steps", "log_every", "batch_size"))
-  _require(0 <= c.seed <= MAX_SEED, "seed", c.seed, f"an integer in 0..{MAX_SEED}")
-  _require(c.num_seeds <= MAX_SEEDS, "num_seeds", c.num_seeds, f"1..{MAX_SEEDS}")
-  _require(c.batch_size <= MAX_BATCH, "batch_size", c.batch_size, f"1..{MAX_BATCH}")
+  require_at_least(c, ("num_seeds", "log_every", "batch_size"))
+  require_at_least(c, ("steps",), min_steps)
+  require(0 <= c.seed <= MAX_SEED, "seed", c.seed, f"an integer in 0..{MAX_SEED}")
+  require(c.num_seeds <= MAX_SEEDS, "num_seeds", c.num_seeds, f"1..{MAX_SEEDS}")
+  require(c.batch_size <= MAX_BATCH, "batch_size", c.batch_size, f"1..{MAX_BATCH}")
 
 
 def validate_model(m: ml_collections.ConfigDict, prefix: str = "model") -> None:
-  """The ``model`` block (``qkvjax.model``)."""
-  from qkvjax import model as model_lib  # pylint: disable=g-import-not-at-top
+  """A ``model`` block (``qkvjax.models.Transformer``)."""
+  from qkvjax.models import attention_block  # pylint: disable=g-import-not-at-top
   c = ml_collections.ConfigDict({prefix: m})
   require_at_least(c, [f"{prefix}.{f}" for f in ("d_model", "n_heads", "d_head",
-                                                 "n_layers", "d_mlp")])
-  require_choice(c, f"{prefix}.qkv_init", tuple(model_lib.QKV_INITIALIZERS))
-  _require(m.qkv_init_scale > 0, f"{prefix}.qkv_init_scale", m.qkv_init_scale,
-           "a number > 0")
-  scale_ok = m.attn_scale in ("inv_sqrt_dk", "none")
-  if not scale_ok:
-    try:
-      scale_ok = 1e-6 <= float(m.attn_scale) <= 1e6
-    except ValueError:
-      pass
-  _require(scale_ok, f"{prefix}.attn_scale", m.attn_scale,
-           "'inv_sqrt_dk', 'none' or a number in [1e-6, 1e6]")
-  require_choice(c, f"{prefix}.tie", model_lib.TIE_MODES)
-  _require(m.value_proj or m.n_heads * m.d_head == m.d_model, f"{prefix}.value_proj",
-           m.value_proj, "True, or False only when n_heads * d_head == d_model")
-  _require(m.residual_scale > 0, f"{prefix}.residual_scale", m.residual_scale,
-           "a number > 0")
+                                                 "n_layers", "d_mlp") if f in m])
+  require_choice(c, f"{prefix}.qkv_init", tuple(attention_block.QKV_INITIALIZERS))
+  require(m.qkv_init_scale > 0, f"{prefix}.qkv_init_scale", m.qkv_init_scale,
+          "a number > 0")
+  if "attn_scale" in m:
+    scale_ok = m.attn_scale in ("inv_sqrt_dk", "none")
+    if not scale_ok:
+      try:
+        scale_ok = 1e-6 <= float(m.attn_scale) <= 1e6
+      except ValueError:
+        pass
+    require(scale_ok, f"{prefix}.attn_scale", m.attn_scale,
+            "'inv_sqrt_dk', 'none' or a number in [1e-6, 1e6]")
+  if "tie" in m:
+    require_choice(c, f"{prefix}.tie", attention_block.TIE_MODES)
+    require(m.value_proj or m.n_heads * m.d_head == m.d_model, f"{prefix}.value_proj",
+            m.value_proj, "True, or False only when n_heads * d_head == d_model")
+    require(m.value_proj or m.tie == "none", f"{prefix}.value_proj", m.value_proj,
+            "True, or False only with tie='none'")
+  if "residual_scale" in m:
+    require(m.residual_scale > 0, f"{prefix}.residual_scale", m.residual_scale,
+            "a number > 0")
 
 
 def validate_optim(o: ml_collections.ConfigDict) -> None:
@@ -216,25 +309,8 @@ def validate_optim(o: ml_collections.ConfigDict) -> None:
   from qkvjax import train  # pylint: disable=g-import-not-at-top
   c = ml_collections.ConfigDict({"optim": o})
   require_choice(c, "optim.optimizer", train.OPTIMIZERS)
-  _require(o.learning_rate > 0, "optim.learning_rate", o.learning_rate, "a number > 0")
+  require(o.learning_rate > 0, "optim.learning_rate", o.learning_rate, "a number > 0")
   require_at_least(c, [f"optim.{f}" for f in ("weight_decay", "warmup_steps",
                                               "grad_clip")], 0)
   for f in ("b1", "b2", "momentum"):
-    _require(0 <= o[f] < 1, f"optim.{f}", o[f], "0 <= value < 1")
-
-
-def validate_selection_task(t: ml_collections.ConfigDict) -> None:
-  """The ``task`` block of the selection task (``qkvjax.tasks``)."""
-  c = ml_collections.ConfigDict({"task": t})
-  require_at_least(c, [f"task.{f}" for f in ("n_categories", "nouns_per_category",
-                                             "verbs_per_category", "n_details", "n_slots")])
-  _require(t.n_slots <= t.n_categories, "task.n_slots", t.n_slots,
-           f"1..task.n_categories ({t.n_categories})")
-
-
-def validate_training_config(c: ml_collections.ConfigDict) -> None:
-  """A selection-task training config, as ``configs/specialization.py``."""
-  validate_common(c)
-  validate_model(c.model)
-  validate_optim(c.optim)
-  validate_selection_task(c.task)
+    require(0 <= o[f] < 1, f"optim.{f}", o[f], "0 <= value < 1")

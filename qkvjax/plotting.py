@@ -1,8 +1,9 @@
-"""Paper-style figures drawn from saved metrics only (never from live state).
+"""The figure kit: paper-style figures drawn from saved runs only.
 
 Every figure comparing conditions shows the mean across seeds with a band of
-one standard deviation and states the seed count. W_Q, W_K, W_V, W_O keep
-one colour each in every figure (``MATRIX_COLORS``).
+one standard deviation and states the seed count (``seed_note``). W_Q, W_K,
+W_V, W_O keep one colour each in every figure (``MATRIX_COLORS``), and a
+study's conditions keep theirs (``condition_colors``).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import io
 import pathlib
 import warnings
-from typing import Any
+from typing import Sequence
 
 import matplotlib
 
@@ -23,6 +24,7 @@ from qkvjax import results  # pylint: disable=wrong-import-position
 MATRIX_COLORS = {"query": "#1f77b4", "key": "#ff7f0e", "value": "#2ca02c",
                  "out": "#d62728"}
 MATRIX_LABELS = {"query": "$W_Q$", "key": "$W_K$", "value": "$W_V$", "out": "$W_O$"}
+QKV = ("query", "key", "value")
 
 plt.rcParams.update({
     "figure.dpi": 110, "savefig.dpi": 150, "font.size": 9, "axes.titlesize": 9,
@@ -36,23 +38,9 @@ def save(fig, run_dir: pathlib.Path, name: str) -> str:
   for ext in ("png", "pdf"):
     buf = io.BytesIO()
     fig.savefig(buf, format=ext, bbox_inches="tight")
-    results.write_atomic(run_dir / f"{name}.{ext}", buf.getvalue())
+    results.write_atomic(pathlib.Path(run_dir) / f"{name}.{ext}", buf.getvalue())
   plt.close(fig)
   return f"{name}.png"
-
-
-def band(ax, steps, values_SxN, color, label, log=False):
-  """Mean across seeds with a +-1 std band; NaNs (diverged) are skipped."""
-  n = int(np.sum(np.any(np.isfinite(values_SxN), 1)))
-  mean, std = nan_mean_std(values_SxN)
-  ax.plot(steps, mean, color=color, label=label)
-  lo, hi = mean - std, mean + std
-  if log:
-    lo = np.maximum(lo, mean * 0.05)
-  ax.fill_between(steps, lo, hi, color=color, alpha=0.2, linewidth=0)
-  if log:
-    ax.set_yscale("log")
-  return n
 
 
 def nan_mean_std(x, axis=0):
@@ -62,24 +50,61 @@ def nan_mean_std(x, axis=0):
     return np.nanmean(x, axis), np.nanstd(x, axis)
 
 
-def seed_note(fig, n: int):
-  fig.text(0.99, 0.005, f"mean ± 1 std over {n} seeds", ha="right", va="bottom",
-           fontsize=7, color="0.4")
+def seeds_counted(values_SxN) -> int:
+  """Seeds with at least one finite value."""
+  return int(np.sum(np.any(np.isfinite(np.atleast_2d(values_SxN)), 1)))
 
 
-def per_layer_matrix_figure(rows, n_layers, prefix, names, ylabel, title, log=False,
-                            extra=None):
-  fig, axes = plt.subplots(1, n_layers, figsize=(3.2 * n_layers, 2.6), squeeze=False,
+def band(ax, x, values_SxN, color, label, log=False) -> int:
+  """Mean across seeds with a ±1 std band; NaNs (diverged) are skipped.
+  Returns the number of seeds drawn."""
+  mean, std = nan_mean_std(values_SxN)
+  ax.plot(x, mean, color=color, label=label)
+  lo, hi = mean - std, mean + std
+  if log:
+    lo = np.maximum(lo, mean * 0.05)
+  ax.fill_between(x, lo, hi, color=color, alpha=0.2, linewidth=0)
+  if log:
+    ax.set_yscale("log")
+  return seeds_counted(values_SxN)
+
+
+def seed_note(fig, n: int, extra: str = "") -> None:
+  """The seed count every comparing figure states."""
+  text = f"mean ± 1 std over {n} seeds" + (f"; {extra}" if extra else "")
+  fig.text(0.99, 0.005, text, ha="right", va="bottom", fontsize=7, color="0.4")
+
+
+def condition_colors(names: Sequence[str]) -> dict[str, str]:
+  """One colour per condition, in order, the same in every figure of a run."""
+  cmap = plt.get_cmap("tab10")
+  return {n: matplotlib.colors.to_hex(cmap(i % 10)) for i, n in enumerate(names)}
+
+
+def incomplete_note(fig, run: results.Run) -> None:
+  """Marks a figure drawn from an interrupted run."""
+  if run.saved.get("status", "complete") != "complete":
+    fig.text(0.01, 0.995, "INCOMPLETE RUN: drawn from what was logged", ha="left",
+             va="top", fontsize=8, color="#d62728", weight="bold")
+
+
+def per_site_matrices(run: results.Run, prefix: str, sites: Sequence[str],
+                      names: Sequence[str], ylabel: str, title: str, log: bool = False,
+                      **where):
+  """One panel per attention site: ``prefix/<site>/<matrix>`` over training,
+  one band per matrix."""
+  fig, axes = plt.subplots(1, len(sites), figsize=(3.2 * len(sites), 2.6), squeeze=False,
                            sharey=True)
   n = 0
-  for l, ax in enumerate(axes[0]):
+  for ax, site in zip(axes[0], sites):
     for name in names:
-      steps, vals = results.metric_table(rows, f"{prefix}/L{l}/{name}")
-      n = band(ax, steps, vals, MATRIX_COLORS.get(name, None), MATRIX_LABELS.get(name, name),
+      key = f"{prefix}/{site}/{name}"
+      if not run.has(key, **where):
+        continue  # a tied or absent projection
+      steps, vals = run.table(key, **where)
+      n = band(ax, steps, vals, MATRIX_COLORS.get(name), MATRIX_LABELS.get(name, name),
                log=log)
-    if extra:
-      extra(ax, l)
-    ax.set_title(f"layer {l}")
+    ax.set_title(site)
     ax.set_xlabel("step")
   axes[0][0].set_ylabel(ylabel)
   axes[0][-1].legend(frameon=False)
@@ -88,134 +113,57 @@ def per_layer_matrix_figure(rows, n_layers, prefix, names, ylabel, title, log=Fa
   return fig
 
 
-def specialization_figures(run_dir: pathlib.Path, rows: list[dict[str, Any]],
-                           config, verb_only_accuracy: float) -> dict[str, str]:
-  """All figures of the specialization experiment; returns {title: png}."""
-  n_layers, n_heads = config.model.n_layers, config.model.n_heads
-  figs: dict[str, str] = {}
-  figs["Gradient norm of each attention matrix"] = save(per_layer_matrix_figure(
-      rows, n_layers, "grad_norm", ("query", "key", "value", "out"), "gradient norm",
-      "Gradient norms of $W_Q, W_K, W_V, W_O$", log=True), run_dir, "grad_norms")
-
-  figs["Relative distance from initialization"] = save(per_layer_matrix_figure(
-      rows, n_layers, "rel_dist_init", ("query", "key", "value", "out"),
-      "||W - W_init|| / ||W_init||", "How far each matrix moved"), run_dir, "rel_dist_init")
-
-  figs["Similarity of Q, K, V vectors to the token embedding"] = save(
-      per_layer_matrix_figure(rows, n_layers, "cka_embed", ("query", "key", "value"),
-                              "linear CKA with token embedding",
-                              "Which projection stays closest to the embedding?"),
-      run_dir, "embed_similarity")
-
-  figs["Effective rank of W_Q, W_K, W_V"] = save(per_layer_matrix_figure(
-      rows, n_layers, "eff_rank", ("query", "key", "value"), "effective rank",
-      "Effective rank (exp entropy of singular values)"), run_dir, "eff_rank")
-
-  figs["Q-K alignment on the ground-truth noun"] = save(
-      qk_alignment_figure(rows, n_layers, n_heads, 1.0 / (config.task.n_slots + 1)),
-      run_dir, "qk_alignment")
-  figs["Singular-value spectra at initialization and at the end"] = save(
-      spectra_figure(rows, n_layers), run_dir, "spectra")
-  figs["Loss and accuracy"] = save(loss_figure(rows, verb_only_accuracy),
-                                   run_dir, "loss_accuracy")
-  sample = run_dir / "attention_sample.json"
-  if sample.exists():
-    figs["Attention on a sample sequence (ground-truth noun boxed)"] = save(
-        attention_map_figure(results.read_json(sample)), run_dir, "attention_map")
-  return figs
+def per_seed_dots(ax, values: dict[str, np.ndarray], colors: dict[str, str],
+                  labels: dict[str, str] | None = None, censor: float | None = None):
+  """Per condition, one dot per seed (hollow where ``>= censor``) and mean ± std."""
+  names = list(values)
+  for i, name in enumerate(names):
+    v = np.asarray(values[name], float)
+    x = i + np.linspace(-0.15, 0.15, len(v))
+    cens = np.zeros_like(v, bool) if censor is None else v >= censor
+    ax.scatter(x[~cens], v[~cens], s=10, color=colors[name], alpha=0.7)
+    ax.scatter(x[cens], v[cens], s=10, facecolors="none", edgecolors=colors[name])
+    mean, std = nan_mean_std(v)
+    ax.errorbar(i + 0.3, mean, yerr=std, fmt="o", color=colors[name], ms=4, capsize=2)
+  ax.set_xticks(range(len(names)), [(labels or {}).get(n, n) for n in names], rotation=25,
+                ha="right", fontsize=7)
 
 
-def qk_alignment_figure(rows, n_layers, n_heads, chance):
-  fig, axes = plt.subplots(2, n_layers, figsize=(3.2 * n_layers, 4.8), squeeze=False,
-                           sharex=True)
-  cmap = plt.get_cmap("viridis")
-  n = 0
-  for l in range(n_layers):
-    ax = axes[0][l]
-    for h in range(n_heads):
-      steps, vals = results.metric_table(rows, f"attn_target/L{l}/H{h}")
-      n = band(ax, steps, vals, cmap(h / max(1, n_heads - 1)), f"head {h}")
-    ax.axhline(chance, color="0.5", ls=":", lw=1, label="uniform")
-    ax.set_title(f"layer {l}")
-    ax.set_ylim(0, 1)
-    ax = axes[1][l]
-    for h in range(n_heads):
-      steps, rel = results.metric_table(rows, f"qk_cos_related/L{l}/H{h}")
-      _, unrel = results.metric_table(rows, f"qk_cos_unrelated/L{l}/H{h}")
-      band(ax, steps, rel - unrel, cmap(h / max(1, n_heads - 1)), f"head {h}")
-    ax.axhline(0, color="0.5", ls=":", lw=1)
-    ax.set_xlabel("step")
-  axes[0][0].set_ylabel("attention on target noun\n(from the verb)")
-  axes[1][0].set_ylabel("cos(q_verb, k_target)\n− cos(q_verb, k_other)")
-  axes[0][-1].legend(frameon=False, fontsize=7)
-  fig.suptitle("Q-K alignment: does the verb's query find the selected noun's key?", y=1.0)
-  seed_note(fig, n)
-  return fig
+def attention_maps(weights_HxTxS, tokens_q: Sequence[str], tokens_k: Sequence[str], axes,
+                   titles: Sequence[str], box: tuple[int, int] | None = None,
+                   signed: bool = False):
+  """One heatmap per head (rows: queries, columns: keys); ``box`` outlines
+  (query, key); ``signed`` draws scores with a diverging map."""
+  for h, ax in enumerate(axes):
+    mat = np.asarray(weights_HxTxS[h])
+    if signed:
+      lim = np.max(np.abs(mat)) + 1e-9
+      ax.imshow(mat, cmap="RdBu_r", vmin=-lim, vmax=lim)
+    else:
+      ax.imshow(mat, vmin=0, vmax=1, cmap="Blues")
+    if box is not None:
+      ax.add_patch(plt.Rectangle((box[1] - 0.5, box[0] - 0.5), 1, 1, fill=False,
+                                 edgecolor="#d62728", lw=1.5))
+    ax.set_xticks(range(len(tokens_k)), tokens_k, rotation=90, fontsize=6)
+    ax.set_yticks(range(len(tokens_q)), tokens_q if h == 0 else [""] * len(tokens_q),
+                  fontsize=6)
+    ax.set_title(titles[h], fontsize=7)
 
 
-def spectra_figure(rows, n_layers):
-  fig, axes = plt.subplots(1, n_layers, figsize=(3.2 * n_layers, 2.6), squeeze=False,
-                           sharey=True)
-  for l, ax in enumerate(axes[0]):
-    for name in ("query", "key", "value"):
-      for index, ls, suffix in ((0, "--", " init"), (-1, "-", " end")):
-        s = results.spectrum(rows, l, name, index)
-        x = np.arange(1, s.shape[1] + 1)
-        mean, std = nan_mean_std(s)
-        ax.plot(x, mean, ls=ls, color=MATRIX_COLORS[name], label=MATRIX_LABELS[name] + suffix)
-        ax.fill_between(x, mean - std, mean + std, color=MATRIX_COLORS[name], alpha=0.15,
-                        linewidth=0)
-    ax.set_yscale("log")
-    ax.set_title(f"layer {l}")
-    ax.set_xlabel("singular value index")
-  axes[0][0].set_ylabel("singular value")
-  axes[0][-1].legend(frameon=False, fontsize=7, ncol=2)
-  fig.suptitle("Spectra of $W_Q, W_K, W_V$: dashed at init, solid at the end", y=1.02)
-  seed_note(fig, int(np.sum(np.isfinite(s[:, 0]))))
-  return fig
-
-
-def loss_figure(rows, verb_only_accuracy):
-  fig, axes = plt.subplots(1, 2, figsize=(6.4, 2.6))
-  steps, loss = results.metric_table(rows, "loss")
-  n = band(axes[0], steps, loss, "k", "loss", log=True)
-  if "ablate_qk/loss" in rows[0]:
-    band(axes[0], steps, results.metric_table(rows, "ablate_qk/loss")[1], "0.6",
-         "$W_Q = W_K = 0$", log=True)
-  axes[0].set_ylabel("cross-entropy")
-  steps, acc = results.metric_table(rows, "accuracy")
-  band(axes[1], steps, acc, "k", "model")
-  if "ablate_qk/accuracy" in rows[0]:
-    band(axes[1], steps, results.metric_table(rows, "ablate_qk/accuracy")[1], "0.6",
-         "$W_Q = W_K = 0$ (uniform attention)")
-  axes[1].axhline(verb_only_accuracy, color="0.5", ls=":", lw=1, label="verb alone (best)")
-  axes[1].set_ylabel("accuracy")
-  axes[1].set_ylim(0, 1.02)
-  axes[1].legend(frameon=False, fontsize=7)
-  for ax in axes:
-    ax.set_xlabel("step")
-  seed_note(fig, n)
-  return fig
-
-
-def attention_map_figure(sample: dict[str, Any]):
-  w = np.asarray(sample["weights_LxHxTxS"])
-  n_layers, n_heads, t, _ = w.shape
-  tokens, target = sample["tokens"], sample["target_pos"]
-  fig, axes = plt.subplots(n_layers, n_heads, figsize=(2.0 * n_heads, 2.0 * n_layers + 0.4),
-                           squeeze=False)
-  for l in range(n_layers):
-    for h in range(n_heads):
-      ax = axes[l][h]
-      ax.imshow(w[l, h], vmin=0, vmax=1, cmap="Blues")
-      ax.add_patch(plt.Rectangle((target - 0.5, t - 1.5), 1, 1, fill=False,
-                                 edgecolor="#d62728", lw=2))
-      ax.set_xticks(range(t), tokens, rotation=90, fontsize=7)
-      ax.set_yticks(range(t), tokens if h == 0 else [""] * t, fontsize=7)
-      ax.set_title(f"L{l} H{h}", fontsize=8)
-  fig.suptitle(f"seed {sample['seed']}: '{tokens[-1]}' selects '{tokens[target]}' "
-               f"→ target '{sample['target']}', predicted '{sample['predicted']}'\n"
-               "rows: query position, columns: key position; red box: ground truth",
-               fontsize=8, y=1.02)
+def attention_sample_figure(sample: dict, vocab: Sequence[str], target_key: str | None,
+                            title: str):
+  """Every site's attention on a saved sample sequence (``samples.json``):
+  rows are sites, columns heads; the last query's ground-truth key boxed."""
+  sites = list(sample["sites"])
+  tokens = [vocab[t] for t in sample["inputs"][0]]
+  n_heads = np.asarray(sample["sites"][sites[0]]["weights"]).shape[0]
+  fig, axes = plt.subplots(len(sites), n_heads, squeeze=False,
+                           figsize=(2.0 * n_heads, 2.0 * len(sites) + 0.4))
+  t = len(tokens)
+  box = None if target_key is None else (t - 1, sample["ground_truth"][target_key])
+  for row, site in zip(axes, sites):
+    attention_maps(sample["sites"][site]["weights"], tokens, tokens, row,
+                   [f"{site} H{h}" for h in range(n_heads)], box)
+  fig.suptitle(title + "\nrows: query position, columns: key position", fontsize=8, y=1.02)
   fig.tight_layout()
   return fig

@@ -1,11 +1,23 @@
-"""``report.md``: what a run showed, claim by claim, with its figures."""
+"""``report.md``: the same sections for every study, from its summary."""
 
 from __future__ import annotations
 
-import pathlib
 from typing import Any
 
+from qkvjax import bibliography
 from qkvjax import results
+
+HOW_TO_READ = (
+    "Effects are across seeds: mean ± std and a 95% expanded-percentile bootstrap CI "
+    "of the mean (Hesterberg 2015). **verdict**: *supported* when the CI lies on the "
+    "claimed side of the threshold (or, for an equivalence, inside the margin), *not "
+    "supported* when it lies on the other side (outside), *inconclusive* when it "
+    "straddles, *negligible* when it lies on the claimed side but wholly within the "
+    "claim's smallest effect of interest (real, too small to matter). **corrected**: "
+    "the same verdict only if its p-value (a t-test of that decision) survives "
+    "Holm–Bonferroni at 5% across all claims of the table, else *inconclusive*. Read "
+    "the corrected column when asking whether any single claim holds given how many "
+    "were tested.")
 
 
 def fmt(x, digits: int = 3) -> str:
@@ -23,31 +35,53 @@ def cell(text) -> str:
   return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def diverged_lines(diverged) -> list[str]:
-  """The diverged seeds, from a list of ``{"seed", "step"}`` or a dict of
-  such lists per condition; they are excluded from the statistics."""
-  def seeds(items):
-    return ", ".join(f"seed {d['seed']} at step {d['step']}" for d in items)
-  if isinstance(diverged, dict):
-    text = "; ".join(f"{k}: {seeds(v)}" for k, v in diverged.items() if v)
-  else:
-    text = seeds(diverged)
+def pvalue_cell(p: float) -> str:
+  return "<1e-4" if p < 1e-4 else f"{p:.2g}"
+
+
+def claims_table(claims: list[dict[str, Any]], link=None) -> list[str]:
+  """The claims table; ``link(claim) -> str`` adds an experiment column."""
+  head = "| claim |" + (" experiment |" if link else "") + (
+      " measured | effect: mean ± std (95% CI) | seeds | claimed (smallest effect) | p | "
+      "verdict | corrected |")
+  lines = [head, "|" + "---|" * (head.count("|") - 1)]
+  for c in claims:
+    lines.append(
+        f"| {cell(c['claim'])} |" + (f" {link(c)} |" if link else "")
+        + f" {cell(c['measured'])} | {effect_cell(c['effect'])} | {c['effect']['n']} | "
+        f"{cell(c['rule'])} | {pvalue_cell(c['p_value'])} | **{c['verdict']}** | "
+        f"**{c['corrected_verdict']}** |")
+  return lines
+
+
+def verdict_counts(claims: list[dict[str, Any]], key: str = "verdict") -> dict[str, int]:
+  counts: dict[str, int] = {}
+  for c in claims:
+    counts[c[key]] = counts.get(c[key], 0) + 1
+  return counts
+
+
+def counts_line(claims: list[dict[str, Any]]) -> str:
+  def text(key):
+    return ", ".join(f"{n} {v}" for v, n in sorted(verdict_counts(claims, key).items()))
+  return (f"{len(claims)} claims. Raw verdicts: {text('verdict')}. Corrected "
+          f"(Holm–Bonferroni): {text('corrected_verdict')}.")
+
+
+def diverged_lines(diverged: dict[str, list[dict[str, int]]]) -> list[str]:
+  """The diverged seeds per condition; they are excluded from the statistics."""
+  text = "; ".join(f"{k}: " + ", ".join(f"seed {d['seed']} at step {d['step']}" for d in v)
+                   for k, v in diverged.items() if v)
   if not text:
     return ["No seed diverged.", ""]
-  return ["**Diverged seeds** (NaN from divergence on, excluded from the statistics): "
-          + text, ""]
+  return ["**Diverged seeds** (non-finite loss or parameters; NaN from divergence on, "
+          "excluded from the statistics): " + text, ""]
 
 
 def quote_lines(claims: list[dict[str, Any]]) -> list[str]:
-  """Each claim with the article quote it tests."""
-  return [f"- *{c['claim']}* — “{c['quote']}” ({c['source']})" for c in claims]
-
-
-def redraw_lines(run_dir) -> list[str]:
-  """The closing note every report ends with."""
-  return ["", "Per-seed values are in `summary.json`; every logging point in "
-          "`metrics.jsonl`. Redraw the summary, figures and report without training: "
-          f"`python -m experiments.run --exp=figures --config.run_dir={run_dir}`.", ""]
+  """Each claim with the quote it tests and its source, cited by title."""
+  return [f"- *{c['claim']}* — “{c['quote']}” ({bibliography.cite(c['source'])})"
+          for c in claims]
 
 
 def figure_lines(figures: dict[str, str]) -> list[str]:
@@ -58,45 +92,40 @@ def figure_lines(figures: dict[str, str]) -> list[str]:
   return lines
 
 
-def claims_table(claims: list[dict[str, Any]]) -> list[str]:
-  lines = ["| claim | measured | effect: mean ± std (95% CI) | seeds | verdict |",
-           "|---|---|---|---|---|"]
-  for c in claims:
-    lines.append(f"| {cell(c['claim'])} | {cell(c['measured'])} | {effect_cell(c['effect'])} | "
-                 f"{c['effect']['n']} | **{c['verdict']}** |")
+def redraw_lines(run_dir) -> list[str]:
+  """The closing note every report ends with."""
+  return ["", "Per-seed values are in `summary.json`; every logging point in "
+          "`metrics.jsonl`. Redraw the summary, figures and report without training: "
+          f"`python -m experiments.run --exp=figures --config.run_dir={run_dir}`.", ""]
+
+
+def header_lines(run: results.Run, title: str, summary: dict[str, Any]) -> list[str]:
+  saved, cfg = run.saved, run.config
+  status = saved.get("status", "complete")
+  lines = [f"# {title}", ""]
+  if status != "complete":
+    lines += [f"**INCOMPLETE RUN ({status})**: the figures and verdicts below are "
+              f"computed from what was logged, up to step {summary['final_step']} of "
+              f"{cfg.get('steps', '?')}.", ""]
+  conds = ", ".join(f"`{k}`" for k in run.conditions)
+  lines += [
+      f"Run `{run.dir.name}`: {cfg.get('num_seeds', '?')} seeds × "
+      f"{summary['final_step']} steps; conditions {conds}; backend {saved['backend']} "
+      f"({saved['device_kind']}, {len(saved['devices'])} device(s)), jax "
+      f"{saved['versions']['jax']}, flax {saved['versions'].get('flax')}, commit "
+      f"{saved['git_commit']}. The full config is in `config.json`.", ""]
   return lines
 
 
-def write_specialization_report(run_dir: pathlib.Path, saved_config: dict[str, Any],
-                                summary: dict[str, Any], figures: dict[str, str]) -> None:
-  cfg = saved_config["config"]
-  m = cfg["model"]
-  lines = [
-      "# qkvjax: how W_Q, W_K and W_V specialize",
-      "",
-      f"Run `{run_dir.name}`: {cfg['num_seeds']} seeds × {cfg['steps']} steps, "
-      f"{m['n_layers']} layers × {m['n_heads']} heads, d_model {m['d_model']}, "
-      f"d_head {m['d_head']}, {'causal' if m['causal'] else 'bidirectional'}, "
-      f"optimizer {cfg['optim']['optimizer']} lr {cfg['optim']['learning_rate']}; "
-      f"backend {saved_config['backend']} ({saved_config['device_kind']}), "
-      f"jax {saved_config['versions']['jax']}, commit {saved_config['git_commit']}.",
-      "",
-      "Task: a sequence of nouns of distinct categories followed by a verb; the model "
-      "predicts, at the verb, the colour of the noun the verb selects (`task.json`). "
-      "Effects are across seeds: mean ± std, 95% expanded-percentile bootstrap CI of the mean; "
-      "a claim is *supported* when the CI lies on the claimed side, *not supported* "
-      "when it lies on the other, and *inconclusive* otherwise.",
-      "",
-  ]
+def write(run: results.Run, title: str, description: str, summary: dict[str, Any],
+          figures: dict[str, str], sections: list[str]) -> None:
+  lines = header_lines(run, title, summary)
+  lines += [description, "", HOW_TO_READ, ""]
   lines += diverged_lines(summary["diverged_seeds"])
-  lines += ["## Claims", ""] + claims_table(summary["claims"]) + [""]
-  lines += ["## Quotes tested", ""]
-  lines += quote_lines(summary["claims"])
-  lines += ["", "## Figures", ""]
-  lines += figure_lines(figures)
-  final = summary["final"]
-  lines += ["## Final values", "", "| metric | mean ± std (95% CI) | seeds |", "|---|---|---|"]
-  for key in ("loss", "accuracy"):
-    lines.append(f"| {key} | {effect_cell(final[key])} | {final[key]['n']} |")
-  lines += redraw_lines(run_dir)
-  results.write_atomic(run_dir / "report.md", "\n".join(lines))
+  lines += ["## Claims", "", counts_line(summary["claims"]), ""]
+  lines += claims_table(summary["claims"]) + [""]
+  lines += ["## Quotes tested", ""] + quote_lines(summary["claims"]) + [""]
+  lines += ["## Figures", ""] + figure_lines(figures)
+  lines += sections
+  lines += redraw_lines(run.dir)
+  results.write_atomic(run.dir / "report.md", "\n".join(lines))

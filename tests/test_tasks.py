@@ -10,7 +10,7 @@ from tests.conftest import tiny_config
 def test_ground_truth_matches_the_tables():
   cfg = tiny_config()
   cfg.task.n_categories, cfg.task.nouns_per_category, cfg.task.n_slots = 6, 5, 4
-  task = tasks.make_selection_task(cfg.task, seed=3)
+  task = tasks.selection.make_selection_task(cfg.task, seed=3)
   batch = jax.device_get(task.sample(jax.random.PRNGKey(0), 512))
   tables = task.tables()
   by_id = {n["id"]: n for n in tables["nouns"]}
@@ -26,7 +26,7 @@ def test_ground_truth_matches_the_tables():
 
 def test_every_slot_category_and_detail_occurs():
   cfg = tiny_config()
-  task = tasks.make_selection_task(cfg.task, seed=0)
+  task = tasks.selection.make_selection_task(cfg.task, seed=0)
   batch = jax.device_get(task.sample(jax.random.PRNGKey(1), 2000))
   counts = np.bincount(batch.target_pos_B, minlength=task.n_slots)
   assert np.all(counts > 2000 / task.n_slots * 0.8)  # target position ~uniform
@@ -34,7 +34,7 @@ def test_every_slot_category_and_detail_occurs():
 
 
 def test_sampling_is_a_pure_function_of_the_key():
-  task = tasks.make_selection_task(tiny_config().task, seed=0)
+  task = tasks.selection.make_selection_task(tiny_config().task, seed=0)
   a = task.sample(jax.random.PRNGKey(5), 16)
   b = task.sample(jax.random.PRNGKey(5), 16)
   c = task.sample(jax.random.PRNGKey(6), 16)
@@ -45,7 +45,7 @@ def test_sampling_is_a_pure_function_of_the_key():
 def test_vocabulary_uses_the_articles_words():
   cfg = tiny_config()
   cfg.task.n_categories, cfg.task.nouns_per_category = 4, 10
-  task = tasks.make_selection_task(cfg.task, seed=0)
+  task = tasks.selection.make_selection_task(cfg.task, seed=0)
   tables = task.tables()
   apple = next(n for n in tables["nouns"] if n["token"] == "apple")
   assert apple["category"] == "edible"

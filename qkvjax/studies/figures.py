@@ -1,15 +1,18 @@
 """``--exp=figures``: redraw a run's outputs from its saved files, no training.
 
-The run's ``config.json`` names its experiment; that study's ``finish(run_dir)``
-rebuilds the summary, figures and report from ``metrics.jsonl`` and friends.
+The run's ``config.json`` names its experiment; the study framework's
+``finish`` rebuilds the summary, figures and report from ``metrics.jsonl``
+and the side files (a study without ``STUDY`` supplies its own ``finish``).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pathlib
 
 from qkvjax import results
+from qkvjax import study as study_lib
 from qkvjax.config import ConfigError
 
 
@@ -18,6 +21,8 @@ def _finisher(exp):
     module = importlib.import_module(f"qkvjax.studies.{exp}")
   except ImportError:
     return None
+  if hasattr(module, "STUDY"):
+    return functools.partial(study_lib.finish, module.STUDY)
   return getattr(module, "finish", None)
 
 

@@ -1,220 +1,241 @@
 """The headline experiment: do W_Q, W_K and W_V specialize as the articles say?
 
-``run`` trains the selection task over many seeds and writes
-``results/specialization/<run_id>/``; ``evaluate_claims`` turns the saved
-metrics into one verdict per claim.
+The selection task (``qkvjax.tasks.selection``) over many seeds, every metric
+group logged; claims about where the gradient reaches each matrix, how far
+each moves, what Q and K align to, and which vectors stay closest to the
+token embedding.
 """
 
 from __future__ import annotations
 
-import pathlib
-from typing import Any
-
 import numpy as np
 
-from qkvjax import config as config_lib
+from qkvjax import metrics
 from qkvjax import plotting
-from qkvjax import report
-from qkvjax import results
-from qkvjax import runner
 from qkvjax import stats
-from qkvjax import train
-from qkvjax.metrics import QKV
+from qkvjax import study
+from qkvjax.study import Claim, Figure
 
-ARTICLE_000 = "../shared/seeds/000 (division of labour among Q, K, V)"
-ARTICLE_001 = "../shared/seeds/001 (Q asks, K indexes, V carries content)"
-
-
-def _final(rows, key) -> np.ndarray:
-  return results.metric_table(rows, key)[1][:, -1]
-
-
-def _initial(rows, key) -> np.ndarray:
-  return results.metric_table(rows, key)[1][:, 0]
+plt = plotting.plt
+QKV = ("query", "key", "value")
+PAIRS = (("query", "key"), ("query", "value"), ("key", "value"))
+QUOTE_SEEK = ("Q \"actively\" seeks certain features associated with other tokens, while K "
+              "is \"passively\" prepared to be matched by other tokens")
 
 
-def spectral_distance(rows, n_layers: int, index: int) -> np.ndarray:
+def layers(run) -> list[str]:
+  return [f"L{l}" for l in range(run.config.model.n_layers)]
+
+
+def spectral_distance(run, index: int, **where) -> np.ndarray:
   """Per seed: the largest, over pairs of W_Q, W_K, W_V, mean over layers, of
   mean |s_a - s_b| / mean(s_a, s_b) between their singular-value spectra."""
   per_layer = []
-  for l in range(n_layers):
-    s = {name: results.spectrum(rows, l, name, index) for name in QKV}
+  for site in layers(run):
+    s = {n: run.spectrum(f"{site}/{n}", index, **where) for n in QKV}
     pair = [np.mean(np.abs(s[a] - s[b]), 1) / np.mean((s[a] + s[b]) / 2, 1)
-            for a, b in (("query", "key"), ("query", "value"), ("key", "value"))]
+            for a, b in PAIRS]
     per_layer.append(np.max(pair, 0))
   return np.mean(per_layer, 0)
 
 
-def _best_head(rows, prefix: str, n_layers: int, n_heads: int, index: int):
-  """Per seed, the max over layers and heads of ``prefix/L*/H*`` and which
-  one; NaN and no head for a diverged seed."""
-  keys = [f"{prefix}/L{l}/H{h}" for l in range(n_layers) for h in range(n_heads)]
-  table = np.stack([results.metric_table(rows, k)[1][:, index] for k in keys], 1)
-  finite = np.isfinite(table).any(1)
-  filled = np.where(np.isfinite(table), table, -np.inf)
-  best = np.where(finite, filled.max(1), np.nan)
-  return best, [keys[i] for i, ok in zip(filled.argmax(1), finite) if ok]
+def best_head(run, prefix: str, index: int, **where) -> np.ndarray:
+  """Per seed, the max over layers and heads of ``prefix/L*/H*`` at a logging point."""
+  keys = [k for k in run.keys(prefix + "/", **where)]
+  table = np.stack([run.table(k, **where)[1][:, index] for k in keys], 1)
+  with np.errstate(all="ignore"):
+    return np.where(np.isfinite(table).any(1), np.nanmax(table, 1), np.nan)
 
 
-def evaluate_claims(rows: list[dict[str, Any]], config,
-                    task_tables: dict[str, Any]) -> list[dict[str, Any]]:
-  """One entry per claim: the quote, what was measured, effect with 95% CI
-  across seeds, and the verdict. Diverged seeds are excluded (NaN)."""
-  n_layers, n_heads = config.model.n_layers, config.model.n_heads
-  out = []
+def layer_mean(run, fn) -> np.ndarray:
+  return np.mean([fn(site) for site in layers(run)], 0)
 
-  acc = _final(rows, "accuracy")
-  bar = task_tables["verb_only_accuracy"]
-  out.append(stats.claim(
-      name="prerequisite: the task is learned",
-      quote="(not a claim; the other verdicts mean little if the model fails)",
-      source="-",
-      measured=("final accuracy minus the best accuracy possible from the verb alone "
-                f"({bar:.3f}; chance is {1 / config.task.n_details:.3f})"),
-      values=acc - bar, verdict=stats.verdict_greater(acc - bar)))
 
-  ablated = _final(rows, "ablate_qk/accuracy")
-  out.append(stats.claim(
-      name="the task is solved through Q.K selection",
-      quote=("Q \"actively\" seeks certain features associated with other tokens, while "
-             "K is \"passively\" prepared to be matched by other tokens"),
-      source=ARTICLE_000,
-      measured=("final accuracy minus accuracy with W_Q = W_K = 0 in every layer "
-                "(uniform attention, everything else unchanged)"),
-      values=acc - ablated, verdict=stats.verdict_greater(acc - ablated)))
+def grad_ratio(run, **where) -> np.ndarray:
+  """log10 of |grad W_V| / sqrt(|grad W_Q| |grad W_K|) at step 0, layer mean."""
+  def one(site):
+    g = {n: run.initial(f"grad_norm/{site}/{n}", **where) for n in QKV}
+    return np.log10(g["value"] / np.sqrt(g["query"] * g["key"]))
+  return layer_mean(run, one)
 
-  d_init = spectral_distance(rows, n_layers, 0)
-  margin = 0.10
-  out.append(stats.claim(
-      name="W_Q, W_K, W_V start statistically identical",
-      quote="W_Q, W_K, W_V matrices are all randomly initialized",
-      source=ARTICLE_000,
-      measured=("at step 0, relative L1 distance between singular-value spectra of "
-                f"the most different pair (mean over layers); supported if the 95% CI "
-                f"lies below the equivalence margin {margin}"),
-      values=d_init, verdict=stats.verdict_equivalent(d_init, margin)))
 
-  d_end = spectral_distance(rows, n_layers, -1)
-  out.append(stats.claim(
-      name="W_Q, W_K, W_V differentiate during training",
-      quote=("the model naturally develops functional differentiation during the "
-             "optimization"),
-      source=ARTICLE_000,
-      measured="spectral distance (as above) at the end minus at step 0",
-      values=d_end - d_init, verdict=stats.verdict_greater(d_end - d_init)))
+def qk_shared_update(run, **where) -> np.ndarray:
+  """|cos(dW_Q, dW_K)| minus the mean |cos| of each with dW_V, end, layer mean."""
+  def one(site):
+    c = {f"{a}_{b}": np.abs(run.final(f"update_cos/{site}/{a}_{b}", **where)) for a, b in PAIRS}
+    return c["query_key"] - (c["query_value"] + c["key_value"]) / 2
+  return layer_mean(run, one)
 
-  ratio = []
-  for l in range(n_layers):
-    g = {name: _initial(rows, f"grad_norm/L{l}/{name}") for name in QKV}
-    ratio.append(np.log10(g["value"] / np.sqrt(g["query"] * g["key"])))
-  ratio = np.mean(ratio, 0)
-  out.append(stats.claim(
-      name="the gradient reaches V through the weighted sum, Q and K only through Q.K",
-      quote=("Gradients for W_V: Come from the final weighted sum ... Gradients for "
-             "W_Q: Mainly come from the similarity calculation"),
-      source=ARTICLE_000,
-      measured=("log10 of grad-norm(W_V) / geometric mean of grad-norms(W_Q, W_K) at "
-                "step 0, mean over layers; > 0 means V gets the larger gradient while "
-                "attention is still diffuse"),
-      values=ratio, verdict=stats.verdict_greater(ratio)))
 
-  cos = {pair: np.mean([_final(rows, f"update_cos/L{l}/{pair}") for l in range(n_layers)], 0)
-         for pair in ("query_key", "query_value", "key_value")}
-  shared = np.abs(cos["query_key"]) - (np.abs(cos["query_value"]) + np.abs(cos["key_value"])) / 2
-  out.append(stats.claim(
-      name="Q and K are shaped by one signal (the Q.K similarity), V by another",
-      quote=("Gradients for W_K: Also come from Q-K similarity calculation ... Gradients "
-             "for W_V: Come from the final weighted sum"),
-      source=ARTICLE_000,
-      measured=("|cosine| between the cumulative updates of W_Q and W_K minus the mean "
-                "|cosine| of each with W_V's, at the end, mean over layers"),
-      values=shared, verdict=stats.verdict_greater(shared)))
-
-  best_end, where = _best_head(rows, "attn_target", n_layers, n_heads, -1)
-  best_init, _ = _best_head(rows, "attn_target", n_layers, n_heads, 0)
-  out.append(stats.claim(
-      name="Q seeks the feature K advertises (verb's query finds the selected noun)",
-      quote=("Q \"actively\" seeks certain features associated with other tokens, "
-             "while K is \"passively\" prepared to be matched"),
-      source=ARTICLE_000,
-      measured=("attention weight from the verb onto the ground-truth noun in the "
-                "best head (max over layers and heads), end minus step 0; best heads: "
-                + ", ".join(sorted(set(where)))),
-      values=best_end - best_init, verdict=stats.verdict_greater(best_end - best_init)))
-
-  rank_gap = np.mean([_final(rows, f"eff_rank/L{l}/key") - _final(rows, f"eff_rank/L{l}/query")
-                      for l in range(n_layers)], 0)
-  out.append(stats.claim(
-      name="K is a broad index, Q a focused query",
-      quote=("K is like an index that needs to summarize all the main features of a "
-             "token, but Q focuses on querying a specific feature"),
-      source=ARTICLE_000,
-      measured=("effective rank of W_K minus that of W_Q at the end, mean over layers "
-                "(> 0: K spans more directions)"),
-      values=rank_gap, verdict=stats.verdict_greater(rank_gap)))
-
-  for l in range(n_layers):
-    cka = {name: _final(rows, f"cka_embed/L{l}/{name}") for name in QKV}
-    gap = cka["value"] - np.maximum(cka["query"], cka["key"])
-    out.append(stats.claim(
-        name=f"V stays closest to the token's embedding (layer {l})",
-        quote=("A token's V (Value) is most related to the token's initial embedding"),
-        source=ARTICLE_000,
-        measured=(f"layer {l}: linear CKA(V, token embedding) minus the larger of "
-                  "CKA(Q, embedding) and CKA(K, embedding), at the end"),
-        values=gap, verdict=stats.verdict_greater(gap)))
+def claims(run) -> list[Claim]:
+  bar = run.file("task.json")["selection"]["verb_only_accuracy"]
+  out = [
+      Claim("prerequisite: the task is learned",
+            "(not a claim; the other verdicts mean little if the model fails)", "qkvjax",
+            f"final accuracy minus the best accuracy possible from the verb alone ({bar:.3f})",
+            lambda r: r.final("accuracy") - bar, stats.Greater(0.0, 0.05)),
+      Claim("the task is solved through Q.K selection", QUOTE_SEEK, "division_of_labor",
+            "final accuracy minus accuracy with W_Q = W_K = 0 in every layer (uniform "
+            "attention, everything else unchanged)",
+            lambda r: r.final("accuracy") - r.final("ablate_qk/accuracy"),
+            stats.Greater(0.0, 0.05)),
+      Claim("W_Q, W_K, W_V start statistically identical",
+            "W_Q, W_K, W_V matrices are all randomly initialized", "division_of_labor",
+            "at step 0, relative L1 distance between the singular-value spectra of the most "
+            "different pair (mean over layers); equivalence margin 0.1",
+            lambda r: spectral_distance(r, 0), stats.Equivalent(0.1)),
+      Claim("W_Q, W_K, W_V differentiate during training",
+            "the model naturally develops functional differentiation during the "
+            "optimization", "division_of_labor",
+            "spectral distance (as above) at the end minus at step 0; smallest effect of "
+            "interest 0.03, the distance three independent random draws already have",
+            lambda r: spectral_distance(r, -1) - spectral_distance(r, 0),
+            stats.Greater(0.0, 0.03)),
+      Claim("the gradient reaches V through the weighted sum, Q and K only through Q.K",
+            "Gradients for W_V: Come from the final weighted sum ... Gradients for W_Q: "
+            "Mainly come from the similarity calculation", "division_of_labor",
+            "log10 of grad-norm(W_V) / geometric mean of grad-norms(W_Q, W_K) at step 0, "
+            "mean over layers (> 0: V gets the larger gradient while attention is diffuse)",
+            grad_ratio, stats.Greater(0.0, 0.1)),
+      Claim("Q and K are shaped by one signal (the Q.K similarity), V by another",
+            "Gradients for W_K: Also come from Q-K similarity calculation ... Gradients "
+            "for W_V: Come from the final weighted sum", "division_of_labor",
+            "|cosine| between the cumulative updates of W_Q and W_K minus the mean "
+            "|cosine| of each with W_V's, at the end, mean over layers",
+            qk_shared_update, stats.Greater(0.0, 0.05)),
+      Claim("Q seeks the feature K advertises (verb's query finds the selected noun)",
+            QUOTE_SEEK, "division_of_labor",
+            "attention weight from the verb onto the ground-truth noun in the best head "
+            "(max over layers and heads), end minus step 0",
+            lambda r: best_head(r, "attn_target", -1) - best_head(r, "attn_target", 0),
+            stats.Greater(0.0, 0.1)),
+      Claim("K is a broad index, Q a focused query",
+            "K is like an index that needs to summarize all the main features of a token, "
+            "but Q focuses on querying a specific feature", "division_of_labor",
+            "effective rank of W_K minus that of W_Q at the end, mean over layers "
+            "(> 0: K spans more directions)",
+            lambda r: layer_mean(r, lambda s: r.final(f"eff_rank/{s}/key")
+                                 - r.final(f"eff_rank/{s}/query")),
+            stats.Greater(0.0, 1.0)),
+  ]
+  for site in layers(run):
+    out.append(Claim(
+        f"V stays closest to the token's embedding (layer {site[1:]})",
+        "A token's V (Value) is most related to the token's initial embedding",
+        "division_of_labor",
+        f"layer {site[1:]}: linear CKA(V, token embedding) minus the larger of CKA(Q, "
+        "embedding) and CKA(K, embedding), at the end",
+        lambda r, s=site: r.final(f"cka_embed/{s}/value") - np.maximum(
+            r.final(f"cka_embed/{s}/query"), r.final(f"cka_embed/{s}/key")),
+        stats.Greater(0.0, 0.02)))
   return out
 
 
-def summarize(rows: list[dict[str, Any]], config,
-              task_tables: dict[str, Any]) -> dict[str, Any]:
-  """Final value per seed with mean, std and 95% CI for every metric, the
-  diverged seeds, and the claim verdicts."""
-  keys = [k for k in rows[0] if k not in ("step", "seed")]
-  final = {}
-  for key in keys:
-    v = _final(rows, key)
-    final[key] = {**stats.describe(v), "per_seed": v}
-  diverged = _final(rows, "diverged")
-  div_steps = _final(rows, "diverged_step")
-  steps = sorted({r["step"] for r in rows})
-  return {
-      "num_seeds": int(len(diverged)),
-      "final_step": steps[-1],
-      "diverged_seeds": [{"seed": int(i), "step": int(div_steps[i])}
-                         for i in np.flatnonzero(diverged > 0)],
-      "claims": evaluate_claims(rows, config, task_tables),
-      "final": final,
-  }
+# ---- figures (from the saved run) --------------------------------------------------
+def qk_alignment_figure(run):
+  sites, n_heads = layers(run), run.config.model.n_heads
+  fig, axes = plt.subplots(2, len(sites), figsize=(3.2 * len(sites), 4.8), squeeze=False,
+                           sharex=True)
+  cmap = plt.get_cmap("viridis")
+  n = 0
+  for col, site in enumerate(sites):
+    for h in range(n_heads):
+      color = cmap(h / max(1, n_heads - 1))
+      steps, att = run.table(f"attn_target/{site}/H{h}")
+      n = plotting.band(axes[0][col], steps, att, color, f"head {h}")
+      gap = (run.table(f"qk_cos_related/{site}/H{h}")[1]
+             - run.table(f"qk_cos_unrelated/{site}/H{h}")[1])
+      plotting.band(axes[1][col], steps, gap, color, f"head {h}")
+    axes[0][col].axhline(1 / run.config.task.n_slots, color="0.5", ls=":", lw=1,
+                         label="uniform over nouns")
+    axes[0][col].set(title=site, ylim=(0, 1))
+    axes[1][col].axhline(0, color="0.5", ls=":", lw=1)
+    axes[1][col].set_xlabel("step")
+  axes[0][0].set_ylabel("attention on target noun\n(from the verb)")
+  axes[1][0].set_ylabel("cos(q_verb, k_target)\n− cos(q_verb, k_other)")
+  axes[0][-1].legend(frameon=False, fontsize=7)
+  fig.suptitle("Q-K alignment: does the verb's query find the selected noun's key?", y=1.0)
+  plotting.seed_note(fig, n)
+  return fig
 
 
-def check(config, results_dir) -> None:
-  config_lib.validate_training_config(config)
-  results.check_writable(results_dir, "specialization")
+def spectra_figure(run):
+  sites = layers(run)
+  fig, axes = plt.subplots(1, len(sites), figsize=(3.2 * len(sites), 2.6), squeeze=False,
+                           sharey=True)
+  for ax, site in zip(axes[0], sites):
+    for name in QKV:
+      for index, ls, suffix in ((0, "--", " init"), (-1, "-", " end")):
+        s = run.spectrum(f"{site}/{name}", index)
+        plotting.band(ax, np.arange(1, s.shape[1] + 1), s, plotting.MATRIX_COLORS[name],
+                      plotting.MATRIX_LABELS[name] + suffix, log=True)
+        ax.lines[-1].set_linestyle(ls)
+    ax.set(title=site, xlabel="singular value index")
+  axes[0][0].set_ylabel("singular value")
+  axes[0][-1].legend(frameon=False, fontsize=7, ncol=2)
+  fig.suptitle("Spectra of $W_Q, W_K, W_V$: dashed at init, solid at the end", y=1.02)
+  plotting.seed_note(fig, plotting.seeds_counted(s))
+  return fig
 
 
-def run(config, results_dir: str | pathlib.Path, progress: bool = True) -> pathlib.Path:
-  """Trains, then writes config, metrics, summary, figures and report."""
-  trainer = train.make_trainer(config)
-  run_dir = runner.start_run(results_dir, "specialization", config, trainer.mesh)
-  results.write_json(run_dir / "task.json", trainer.task.tables())
-  writer = results.MetricsWriter(run_dir / "metrics.jsonl")
-  try:
-    state = runner.train_and_log(trainer, writer, progress)
-  finally:
-    writer.close()
-  results.write_json(run_dir / "attention_sample.json",
-                     runner.attention_sample(trainer, state))
-  finish(run_dir)
-  return run_dir
+def loss_figure(run):
+  bar = run.file("task.json")["selection"]["verb_only_accuracy"]
+  fig, axes = plt.subplots(1, 2, figsize=(6.4, 2.6))
+  for ax, key, log in ((axes[0], "loss", True), (axes[1], "accuracy", False)):
+    steps, vals = run.table(key)
+    n = plotting.band(ax, steps, vals, "k", "model", log=log)
+    plotting.band(ax, steps, run.table(f"ablate_qk/{key}")[1], "0.6",
+                  "$W_Q = W_K = 0$ (uniform attention)", log=log)
+    ax.set(xlabel="step", ylabel=key)
+  axes[1].axhline(bar, color="0.5", ls=":", lw=1, label="verb alone (best)")
+  axes[1].set_ylim(0, 1.02)
+  axes[1].legend(frameon=False, fontsize=7)
+  plotting.seed_note(fig, n)
+  return fig
 
 
-def finish(run_dir: pathlib.Path) -> None:
-  """Summary, figures and report from the saved files alone."""
-  saved, config, rows = results.load_run(run_dir)
-  tables = results.read_json(run_dir / "task.json")
-  summary = summarize(rows, config, tables)
-  results.write_json(run_dir / "summary.json", summary)
-  figures = plotting.specialization_figures(run_dir, rows, config,
-                                            tables["verb_only_accuracy"])
-  report.write_specialization_report(run_dir, saved, summary, figures)
+def figures(run) -> list[Figure]:
+  def matrices(prefix, names, ylabel, title, log=False):
+    return lambda r: plotting.per_site_matrices(r, prefix, layers(r), names, ylabel, title, log)
+  sample = (run.file("samples.json") or {}).get("default")
+  vocab = run.file("task.json")["selection"]["vocab"]
+  out = [
+      Figure("Gradient norm of each attention matrix", "grad_norms", matrices(
+          "grad_norm", ("query", "key", "value", "out"), "gradient norm",
+          "Gradient norms of $W_Q, W_K, W_V, W_O$", log=True)),
+      Figure("Relative distance from initialization", "rel_dist_init", matrices(
+          "rel_dist_init", ("query", "key", "value", "out"), "||W - W_init|| / ||W_init||",
+          "How far each matrix moved")),
+      Figure("Similarity of Q, K, V vectors to the token embedding", "embed_similarity",
+             matrices("cka_embed", QKV, "linear CKA with token embedding",
+                      "Which projection stays closest to the embedding?")),
+      Figure("Effective rank of W_Q, W_K, W_V", "eff_rank", matrices(
+          "eff_rank", QKV, "effective rank", "Effective rank (exp entropy of singular values)")),
+      Figure("Q-K alignment on the ground-truth noun", "qk_alignment", qk_alignment_figure),
+      Figure("Singular-value spectra at initialization and at the end", "spectra",
+             spectra_figure),
+      Figure("Loss and accuracy", "loss_accuracy", loss_figure),
+  ]
+  if sample:
+    out.append(Figure("Attention on a sample sequence (ground-truth noun boxed)",
+                      "attention_map", lambda r: plotting.attention_sample_figure(
+                          sample, vocab, "target_pos_B", f"seed {sample['seed']}")))
+  return out
+
+
+def describe(run) -> str:
+  return ("Task: a sequence of nouns of distinct categories followed by a verb; the model "
+          "predicts, at the verb, the colour of the noun the verb selects (`task.json`). "
+          "The colour belongs to the noun, so the intended solution is the articles' "
+          "division of labour (the verb's query seeks the category, the noun's key "
+          "advertises it, its value carries the colour); the run measures which route the "
+          "model took rather than assuming it.")
+
+
+STUDY = study.Study(
+    name="specialization", title="qkvjax: how W_Q, W_K and W_V specialize",
+    task="selection",
+    metrics=(metrics.weight_norms, metrics.spectra, metrics.embedding_similarity,
+             metrics.ov_copying, metrics.target_attention, metrics.ablate_qk),
+    claims=claims, figures=figures, describe=describe,
+    samples=study.attention_samples)

@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from qkvjax.tasks import base
+
 DOMAINS = ("nature", "tech")
 # word: (its nature sense, its tech sense)
 _AMBIGUOUS = [("apple", ("fruit", "company")), ("jaguar", ("cat", "carmaker")),
@@ -64,10 +66,19 @@ class ContextTask:
   seq_len: int
   min_pos: int                    # the ambiguous word sits at min_pos..seq_len-1
   cue_prob: float                 # chance that a context position holds a cue
+  name = "context"
 
   @property
   def vocab_size(self) -> int:
     return len(self.vocab)
+
+  def model_inputs(self, batch: ContextBatch) -> tuple[jax.Array]:
+    return (batch.tokens_BxT,)
+
+  def loss(self, logits_BxTxV: jax.Array, batch: ContextBatch):
+    """Cross-entropy of the sense, predicted at the ambiguous word itself."""
+    return base.cross_entropy(base.at_position(logits_BxTxV, batch.target_pos_B),
+                              batch.target_B)
 
   @property
   def n_ambiguous(self) -> int:

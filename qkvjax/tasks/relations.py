@@ -1,6 +1,6 @@
 """Tasks built on the selection task's language, for the `tied` and `heads` studies.
 
-Both reuse the nouns, verbs and colours of ``tasks.SelectionTask`` (the same
+Both reuse the nouns, verbs and colours of ``selection.SelectionTask`` (the same
 language, drawn from the same seed), so results compare with the selection
 task directly.
 
@@ -31,20 +31,28 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
-from qkvjax import tasks
+from qkvjax.tasks import base
+from qkvjax.tasks import selection
 
 _ADVERB_WORDS = ["gently", "quickly", "slowly", "loudly", "quietly", "eagerly",
                  "lazily", "boldly"]
 
 
+class MatchBatch(NamedTuple):
+  tokens_BxT: jax.Array     # int32: nouns, then the probe noun
+  target_B: jax.Array       # colour id of the in-sequence noun of the probe's category
+  target_pos_B: jax.Array   # that noun's position (the ground-truth key)
+
+
 @dataclasses.dataclass(frozen=True)
 class MatchTask:
   """Nouns of distinct categories, then a probe noun; predict the colour of
-  the in-sequence noun sharing the probe's category. Samples ``tasks.Batch``
-  with ``target_pos_B`` the position of that noun."""
+  the in-sequence noun sharing the probe's category (at the last position)."""
 
-  language: tasks.SelectionTask
+  language: selection.SelectionTask
+  name = "match"
 
   @property
   def vocab(self) -> tuple[str, ...]:
@@ -57,6 +65,13 @@ class MatchTask:
   @property
   def seq_len(self) -> int:
     return self.language.n_slots + 1
+
+  def model_inputs(self, batch: MatchBatch) -> tuple[jax.Array]:
+    return (batch.tokens_BxT,)
+
+  def loss(self, logits_BxTxV: jax.Array, batch: MatchBatch):
+    """Cross-entropy of the prediction at the last position (the probe)."""
+    return base.cross_entropy(logits_BxTxV[:, -1], batch.target_B)
 
   def probe_only_accuracy(self) -> float:
     """Best accuracy of a predictor that sees only the probe: the target is
@@ -77,7 +92,7 @@ class MatchTask:
                        "detail of the in-sequence noun of the probe's category")
     return out
 
-  def sample(self, key: jax.Array, batch_size: int) -> tasks.Batch:
+  def sample(self, key: jax.Array, batch_size: int) -> MatchBatch:
     """Draws a batch; a pure function of ``key``."""
     lang = self.language
     n_cat, n_noun = lang.noun_ids.shape
@@ -95,7 +110,7 @@ class MatchTask:
     probe_B = noun_ids[sel_cat_B, (sel_which_B + shift_B) % n_noun]
     detail_B = jnp.asarray(lang.noun_detail)[sel_cat_B, sel_which_B]
     tokens_BxT = jnp.concatenate([nouns_BxN, probe_B[:, None]], axis=1)
-    return tasks.Batch(tokens_BxT.astype(jnp.int32),
+    return MatchBatch(tokens_BxT.astype(jnp.int32),
                        jnp.asarray(lang.detail_ids)[detail_B].astype(jnp.int32),
                        sel_B.astype(jnp.int32))
 
@@ -115,11 +130,12 @@ RELATIONS = ("select", "prev")  # the two relations of TwoRelationTask, in order
 class TwoRelationTask:
   """The selection task with an adverb inserted before the verb; two targets."""
 
-  language: tasks.SelectionTask
+  language: selection.SelectionTask
   adverb_ids: np.ndarray     # [n_adverbs]
   manner_ids: np.ndarray     # [n_manners]
   adverb_manner: np.ndarray  # [n_adverbs] manner index of each adverb
   vocab: tuple[str, ...]
+  name = "two_relations"
 
   @property
   def vocab_size(self) -> int:
@@ -128,6 +144,33 @@ class TwoRelationTask:
   @property
   def seq_len(self) -> int:
     return self.language.n_slots + 2
+
+  def model_inputs(self, batch: TwoRelationBatch) -> tuple[jax.Array]:
+    return (batch.tokens_BxT,)
+
+  def relation_outputs(self, logits_BxV: jax.Array, batch: TwoRelationBatch
+                       ) -> dict[str, tuple[jax.Array, jax.Array]]:
+    """Per relation: (mean cross-entropy over its own answer tokens, correct_B)."""
+    out = {}
+    for r, target_B in zip(RELATIONS, (batch.target_B, batch.prev_target_B)):
+      ids = self.output_ids(r)
+      label_V = np.zeros(self.vocab_size, np.int32)
+      label_V[ids] = np.arange(len(ids))
+      logits_BxN = logits_BxV[:, ids]
+      label_B = jnp.asarray(label_V)[target_B]
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits_BxN, label_B).mean()
+      out[r] = (loss, jnp.argmax(logits_BxN, -1) == label_B)
+    return out
+
+  def loss(self, logits_BxTxV: jax.Array, batch: TwoRelationBatch):
+    """The sum of the two relations' cross-entropies at the last position;
+    ``accuracy`` counts a row right when both answers are."""
+    rel = self.relation_outputs(logits_BxTxV[:, -1], batch)
+    metrics = {"accuracy": jnp.mean(rel["select"][1] & rel["prev"][1]).astype(jnp.float32)}
+    for r, (r_loss, correct_B) in rel.items():
+      metrics[f"loss/{r}"] = r_loss
+      metrics[f"accuracy/{r}"] = jnp.mean(correct_B).astype(jnp.float32)
+    return sum(l for l, _ in rel.values()), metrics
 
   def output_ids(self, relation: str) -> np.ndarray:
     """Token ids the answer for ``relation`` is read from (colours or manners)."""
@@ -164,10 +207,10 @@ class TwoRelationTask:
 
 
 def make_match_task(cfg: ml_collections.ConfigDict, seed: int) -> MatchTask:
-  """The symmetric control on the language of ``tasks.make_selection_task``."""
+  """The symmetric control on the language of ``selection.make_selection_task``."""
   if cfg.nouns_per_category < 2:
     raise ValueError("the match task needs task.nouns_per_category >= 2")
-  return MatchTask(tasks.make_selection_task(cfg, seed))
+  return MatchTask(selection.make_selection_task(cfg, seed))
 
 
 def make_two_relation_task(cfg: ml_collections.ConfigDict, seed: int) -> TwoRelationTask:
@@ -176,7 +219,7 @@ def make_two_relation_task(cfg: ml_collections.ConfigDict, seed: int) -> TwoRela
   as the counts allow (a shuffled cycle, like the nouns' colours), so the
   most common manner is right only 1 / min(n_adverbs, n_manners) of the time
   or a little more."""
-  lang = tasks.make_selection_task(cfg, seed)
+  lang = selection.make_selection_task(cfg, seed)
   n_adv, n_man = cfg.n_adverbs, cfg.n_manners
   adverbs = [_ADVERB_WORDS[i] if i < len(_ADVERB_WORDS) else f"adverb{i}"
              for i in range(n_adv)]

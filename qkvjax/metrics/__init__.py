@@ -1,0 +1,37 @@
+"""Metrics: pure functions returning flat ``dict[str, scalar]`` with slash keys.
+
+Keys are ``<metric>/<site>[/H<head>][/<matrix>]`` where a site is a short
+state path (``L0``, ``decoder/L1/cross_attn``; ``qkvjax.models.site_name``).
+Metric *groups* take a ``qkvjax.train.Measurement`` and run inside the jitted,
+run-vmapped measurement; a study lists the groups it logs.
+
+- ``weights``: per-matrix norms, gradients, updates, distance from init,
+  per-head gradient norms, spectra and effective rank, found from parameter
+  paths and ``heads_axis`` metadata, so any NNX model gets them.
+- ``similarity``: CKA and RSA of the Q, K, V vectors with the token embedding.
+- ``attention``: attention on a task's ground-truth key, logit statistics,
+  entropy, and the Q.K ablation.
+- ``representations``: the residual stream's continuity with the embedding
+  and rank collapse, by depth.
+- ``circuits``: the OV copying score.
+"""
+
+from qkvjax.metrics.attention import (ablate_qk, attention_signal, logit_std, max_logit,
+                                      normalized_entropy, target_attention, visible_mask)
+from qkvjax.metrics.circuits import attention_modules, ov_copying, ov_copying_score
+from qkvjax.metrics.representations import (rank_collapse, representation_metrics,
+                                            token_cosine)
+from qkvjax.metrics.similarity import embedding_similarity, linear_cka, rsa
+from qkvjax.metrics.weights import (attention_matrices, cosine, effective_rank,
+                                    frobenius, grad_norms, matrices, spectra,
+                                    weight_norms)
+
+Metrics = dict
+
+__all__ = [
+    "ablate_qk", "attention_matrices", "attention_modules", "attention_signal", "cosine",
+    "effective_rank", "embedding_similarity", "frobenius", "grad_norms", "linear_cka",
+    "logit_std", "matrices", "max_logit", "normalized_entropy", "ov_copying",
+    "ov_copying_score", "rank_collapse", "representation_metrics", "rsa", "spectra",
+    "target_attention", "token_cosine", "visible_mask", "weight_norms",
+]

@@ -1,0 +1,106 @@
+"""Metrics of what attention does, read from the captured traces.
+
+``target_attention`` needs a task whose batch names the ground-truth key
+(``target_pos_B``) and predicts at the last position (selection, match);
+``attention_signal`` works for any model.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from qkvjax import attention
+from qkvjax.metrics.weights import cosine
+
+
+def visible_mask(t: int, s: int, causal: bool) -> jax.Array:
+  """Boolean [T, S]: which keys each query may attend to."""
+  return attention.causal_mask(t, s) if causal else jnp.ones((t, s), bool)
+
+
+def logit_std(logits_BxHxTxS: jax.Array, mask_TxS: jax.Array) -> jax.Array:
+  """Standard deviation of the attention logits over the visible (query, key)
+  pairs of every sequence and head, pooled."""
+  m = jnp.broadcast_to(mask_TxS, logits_BxHxTxS.shape)
+  n = jnp.sum(m)
+  mean = jnp.sum(jnp.where(m, logits_BxHxTxS, 0.0)) / n
+  var = jnp.sum(jnp.where(m, jnp.square(logits_BxHxTxS - mean), 0.0)) / n
+  return jnp.sqrt(var)
+
+
+def max_logit(logits_BxHxTxS: jax.Array, mask_TxS: jax.Array) -> jax.Array:
+  """The largest visible attention logit."""
+  return jnp.max(jnp.where(mask_TxS, logits_BxHxTxS, -jnp.inf))
+
+
+def normalized_entropy(weights_BxHxTxS: jax.Array, mask_TxS: jax.Array) -> jax.Array:
+  """Mean over query rows that see at least two keys of entropy / log(#keys):
+  1 for uniform attention, 0 for one-hot (a saturated softmax)."""
+  n_keys_T = jnp.sum(mask_TxS, -1)
+  ent_BxHxT = -jnp.sum(jnp.where(mask_TxS, weights_BxHxTxS *
+                                 jnp.log(weights_BxHxTxS + 1e-30), 0.0), -1)
+  rows_T = n_keys_T > 1
+  ratio_BxHxT = ent_BxHxT / jnp.log(jnp.maximum(n_keys_T, 2))
+  return jnp.sum(jnp.where(rows_T, ratio_BxHxT, 0.0)) / (
+      jnp.sum(rows_T) * ratio_BxHxT.shape[0] * ratio_BxHxT.shape[1])
+
+
+def _causal(m) -> bool:
+  return bool(getattr(m.model, "causal", False))
+
+
+def attention_signal(m) -> dict[str, jax.Array]:
+  """Per site: logit std, max logit and normalized entropy of attention."""
+  out = {}
+  for site, tr in m.captured.attention.items():
+    t, s = tr.logits_BxHxTxS.shape[-2:]
+    mask_TxS = visible_mask(t, s, _causal(m))
+    out[f"logit_std/{site}"] = logit_std(tr.logits_BxHxTxS, mask_TxS)
+    out[f"max_logit/{site}"] = max_logit(tr.logits_BxHxTxS, mask_TxS)
+    out[f"norm_entropy/{site}"] = normalized_entropy(tr.weights_BxHxTxS, mask_TxS)
+  return out
+
+
+def target_attention(m) -> dict[str, jax.Array]:
+  """At the prediction (last) position, per site and head: weight and logit
+  margin on the ground-truth key, q.k cosine for the ground-truth key vs the
+  other keys before the last, entropy; and the largest visible logit."""
+  out = {}
+  batch = m.batch
+  b, t = batch.tokens_BxT.shape
+  is_target_BxS = jnp.arange(t)[None, :] == batch.target_pos_B[:, None]
+  is_other_BxS = (jnp.arange(t)[None, :] < t - 1) & ~is_target_BxS
+  for site, tr in m.captured.attention.items():
+    w_BxHxS = tr.weights_BxHxTxS[:, :, -1, :]
+    z_BxHxS = tr.logits_BxHxTxS[:, :, -1, :]
+    cos_BxSxH = cosine(tr.query_BxTxHxD[:, -1][:, None], tr.key_BxSxHxD)
+    valid_TxS = visible_mask(t, t, _causal(m))
+    max_logit_H = jnp.max(jnp.where(valid_TxS, tr.logits_BxHxTxS, -jnp.inf), axis=(0, 2, 3))
+    tgt = is_target_BxS[:, None, :]
+    z_target_BxH = jnp.sum(jnp.where(tgt, z_BxHxS, 0.0), -1)
+    z_rest_BxH = jnp.max(jnp.where(tgt, -jnp.inf, z_BxHxS), -1)
+    entropy_BxH = -jnp.sum(w_BxHxS * jnp.log(w_BxHxS + 1e-30), -1)
+    for h in range(w_BxHxS.shape[1]):
+      key = f"{site}/H{h}"
+      out[f"attn_target/{key}"] = jnp.mean(jnp.sum(jnp.where(is_target_BxS, w_BxHxS[:, h],
+                                                             0.0), -1))
+      out[f"logit_margin/{key}"] = jnp.mean(z_target_BxH[:, h] - z_rest_BxH[:, h])
+      out[f"qk_cos_related/{key}"] = jnp.mean(
+          jnp.sum(jnp.where(is_target_BxS, cos_BxSxH[..., h], 0.0), -1))
+      out[f"qk_cos_unrelated/{key}"] = jnp.sum(
+          jnp.where(is_other_BxS, cos_BxSxH[..., h], 0.0)) / jnp.sum(is_other_BxS)
+      out[f"attn_entropy/{key}"] = jnp.mean(entropy_BxH[:, h])
+      out[f"max_logit/{key}"] = max_logit_H[h]
+  return out
+
+
+def ablate_qk(m) -> dict[str, jax.Array]:
+  """Loss and task metrics with every W_Q and W_K set to 0: every score is 0,
+  attention is uniform, and what accuracy is left needs no selection."""
+  ablated = jax.tree_util.tree_map_with_path(
+      lambda path, x: jnp.zeros_like(x) if any(
+          getattr(k, "key", None) in ("query", "key") for k in path) else x, m.params)
+  loss, task_metrics, _ = m.forward(m.batch, params=ablated)
+  return {"ablate_qk/loss": loss,
+          **{f"ablate_qk/{k}": v for k, v in task_metrics.items()}}

@@ -1,0 +1,152 @@
+"""The one attention block of every qkvjax model.
+
+``MultiHeadAttention`` holds W_Q, W_K, W_V ``[d_model, heads, d_head]`` and W_O
+``[heads, d_head, d_model]`` as separate ``nnx.Param`` (tagged with
+``heads_axis``) and calls ``qkvjax.attention.dot_product_attention``, the
+single place the attention math lives. Variants are structural: with
+``tie="qk"`` there is no W_K parameter (the keys use W_Q), with ``tie="qkv"``
+neither W_K nor W_V, and with ``value_proj=False`` no W_V (the values are the
+input split into heads), so a tied matrix can never silently untie.
+
+Letters in names: B batch, T query positions, S key positions, M d_model,
+H heads, D head dim.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from qkvjax import attention
+from qkvjax.models.hyper import hyper, record, value_of
+
+TIE_MODES = ("none", "qk", "qkv")
+
+
+def _orthogonal_mhd(key, shape, dtype=jnp.float32):
+  """Orthogonal [M, H, D], seen as an M x (H*D) matrix."""
+  m, h, d = shape
+  return jax.nn.initializers.orthogonal()(key, (m, h * d), dtype).reshape(shape)
+
+
+# Initializers W_Q, W_K and W_V may be drawn from (fan-in = d_model), each at
+# scale 1, with how a scale s multiplies the draw: variance scaling by s
+# multiplies the standard deviation by sqrt(s); orthogonal(s) multiplies by s.
+QKV_INITIALIZERS = {
+    "lecun_normal": (jax.nn.initializers.variance_scaling(
+        1.0, "fan_in", "truncated_normal", in_axis=0, out_axis=(1, 2)), jnp.sqrt),
+    "normal": (jax.nn.initializers.variance_scaling(
+        1.0, "fan_in", "normal", in_axis=0, out_axis=(1, 2)), jnp.sqrt),
+    "glorot_uniform": (jax.nn.initializers.variance_scaling(
+        1.0, "fan_avg", "uniform", in_axis=0, out_axis=(1, 2)), jnp.sqrt),
+    "orthogonal": (_orthogonal_mhd, lambda s: s),
+}
+_OUT_INIT = jax.nn.initializers.variance_scaling(
+    1.0, "fan_in", "truncated_normal", in_axis=(0, 1), out_axis=2)
+
+
+def resolve_scale(attn_scale, d_head: int) -> float:
+  """The number scores are multiplied by, from a config's ``attn_scale``:
+  ``"inv_sqrt_dk"``, ``"none"`` (1) or a number (also as a string)."""
+  if attn_scale == attention.INV_SQRT_DK:
+    return 1.0 / math.sqrt(d_head)
+  if attn_scale == "none":
+    return 1.0
+  return float(attn_scale)
+
+
+class AttentionTrace(NamedTuple):
+  """What one call of an attention block computed, for metrics."""
+
+  input_BxTxM: jax.Array  # the (LayerNormed) input the queries are computed from
+  query_BxTxHxD: jax.Array
+  key_BxSxHxD: jax.Array
+  value_BxSxHxD: jax.Array
+  logits_BxHxTxS: jax.Array  # scaled scores, before masking
+  weights_BxHxTxS: jax.Array
+
+
+class MultiHeadAttention(nnx.Module):
+  """Multi-head attention with named W_Q, W_K, W_V, W_O.
+
+  Args:
+    d_model, n_heads, d_head: sizes.
+    tie: "none", "qk" (W_K is W_Q) or "qkv" (W_K and W_V are W_Q).
+    value_proj: False: no W_V; values are the input split into heads (needs
+      n_heads * d_head == d_model).
+    qk_norm: LayerNorm on q and k per head (QK-norm).
+    attn_scale: the number the scores are multiplied by (a float, or a traced
+      per-run value; see ``hyper``).
+    qkv_init, qkv_init_scale: one initializer for W_Q, W_K, W_V (their
+      premise: statistically identical at the start) and its scale.
+  """
+
+  def __init__(self, d_model: int, n_heads: int, d_head: int, *, rngs: nnx.Rngs,
+               tie: str = "none", value_proj: bool = True, qk_norm: bool = False,
+               attn_scale=None, qkv_init: str = "lecun_normal", qkv_init_scale=1.0):
+    if tie not in TIE_MODES:
+      raise ValueError(f"tie={tie!r}: expected one of {TIE_MODES}")
+    self.n_heads, self.d_head = n_heads, d_head
+    self.tie, self.value_proj = tie, value_proj
+    init, gain = QKV_INITIALIZERS[qkv_init]
+    g = gain(qkv_init_scale)
+    shape = (d_model, n_heads, d_head)
+    # Four keys whatever the variant: W_Q and W_O of a tied model equal the
+    # untied model's for the same seed, so conditions compare seed by seed.
+    k_q, k_k, k_v, k_o = (rngs.params() for _ in range(4))
+    self.query = nnx.Param(init(k_q, shape) * g, heads_axis=1)
+    if tie == "none":
+      self.key = nnx.Param(init(k_k, shape) * g, heads_axis=1)
+    if tie != "qkv" and value_proj:
+      self.value = nnx.Param(init(k_v, shape) * g, heads_axis=1)
+    self.out = nnx.Param(_OUT_INIT(k_o, (n_heads, d_head, d_model)), heads_axis=0)
+    self.qk_norm = qk_norm
+    if qk_norm:
+      self.q_norm = nnx.LayerNorm(d_head, epsilon=1e-5, rngs=rngs)
+      self.k_norm = nnx.LayerNorm(d_head, epsilon=1e-5, rngs=rngs)
+    self.attn_scale = hyper(1.0 / math.sqrt(d_head) if attn_scale is None else attn_scale)
+
+  def matrix(self, role: str) -> jax.Array:
+    """The effective W_Q, W_K or W_V [M, H, D]: its own parameter, W_Q's when
+    tied, or the identity split into heads when there is no value projection."""
+    if role == "query" or (role == "key" and self.tie != "none") or (
+        role == "value" and self.tie == "qkv"):
+      return self.query[...]
+    if role == "key":
+      return self.key[...]
+    if not self.value_proj:
+      m = self.query.shape[0]
+      return jnp.eye(m).reshape(m, self.n_heads, self.d_head)
+    return self.value[...]
+
+  def __call__(self, x_BxTxM: jax.Array, context_BxSxM: jax.Array | None = None,
+               mask: jax.Array | None = None, *, scale=None) -> jax.Array:
+    """Attention of queries from ``x`` over keys and values from ``context``
+    (``x`` itself for self-attention). ``mask``: boolean, broadcastable to
+    [B, H, T, S], True = attend. ``scale`` overrides the block's score scale
+    (e.g. 0 for uniform attention at evaluation)."""
+    ctx_BxSxM = x_BxTxM if context_BxSxM is None else context_BxSxM
+    q_BxTxHxD = jnp.einsum("btm,mhd->bthd", x_BxTxM, self.query[...])
+    if self.tie == "none":
+      k_BxSxHxD = jnp.einsum("bsm,mhd->bshd", ctx_BxSxM, self.key[...])
+    else:
+      k_BxSxHxD = (q_BxTxHxD if context_BxSxM is None else
+                   jnp.einsum("bsm,mhd->bshd", ctx_BxSxM, self.query[...]))
+    if self.tie == "qkv":
+      v_BxSxHxD = k_BxSxHxD
+    elif not self.value_proj:
+      v_BxSxHxD = ctx_BxSxM.reshape(*ctx_BxSxM.shape[:2], self.n_heads, self.d_head)
+    else:
+      v_BxSxHxD = jnp.einsum("bsm,mhd->bshd", ctx_BxSxM, self.value[...])
+    if self.qk_norm:
+      q_BxTxHxD, k_BxSxHxD = self.q_norm(q_BxTxHxD), self.k_norm(k_BxSxHxD)
+    att = attention.dot_product_attention(
+        q_BxTxHxD, k_BxSxHxD, v_BxSxHxD, mask=mask,
+        scale=value_of(self.attn_scale) if scale is None else scale)
+    record(self, "trace", AttentionTrace(x_BxTxM, q_BxTxHxD, k_BxSxHxD, v_BxSxHxD,
+                                         att.logits_BxHxTxS, att.weights_BxHxTxS))
+    return jnp.einsum("bthd,hdm->btm", att.out_BxTxHxD, self.out[...])
