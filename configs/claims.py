@@ -8,6 +8,7 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  # Comma-separated --exp names, run in this order with their default configs.
-  c.experiments = "specialization,scaling,tied,heads,context,residual,translation"
+  # --exp names, run in this order with their default configs.
+  c.experiments = ("specialization", "init_scale", "scaling", "tied", "heads", "context",
+                   "residual", "translation")
   return c

@@ -50,9 +50,10 @@ def nan_mean_std(x, axis=0):
     return np.nanmean(x, axis), np.nanstd(x, axis)
 
 
-def seeds_counted(values_SxN) -> int:
-  """Seeds with at least one finite value."""
-  return int(np.sum(np.any(np.isfinite(np.atleast_2d(values_SxN)), 1)))
+def seeds_counted(values) -> int:
+  """Seeds with at least one finite value: rows of [seeds, N], entries of [seeds]."""
+  x = np.asarray(values, float)
+  return int(np.sum(np.isfinite(x))) if x.ndim == 1 else int(np.sum(np.any(np.isfinite(x), 1)))
 
 
 def band(ax, x, values_SxN, color, label, log=False) -> int:

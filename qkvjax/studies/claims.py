@@ -3,7 +3,8 @@
 Each experiment runs with its own default config into its usual
 ``results/<exp>/<run_id>/``; the combined ``results/claims/<run_id>/`` holds
 ``summary.json`` and ``report.md``: claim -> experiment -> effect with 95% CI
-and seed count -> verdict, each linked to its experiment's report and figures.
+and seed count -> verdict, corrected for multiple comparisons across the
+whole table (Holm–Bonferroni), each linked to its experiment's report.
 """
 
 from __future__ import annotations
@@ -16,76 +17,79 @@ from typing import Any
 from qkvjax import config as config_lib
 from qkvjax import report
 from qkvjax import results
-from qkvjax import runner
-from qkvjax.config import ConfigError
+from qkvjax import stats
+from qkvjax import study as study_lib
+from qkvjax import train
 
 NOT_CLAIMS = ("claims", "figures")
 
 
 def experiment_names(config) -> list[str]:
-  names = [n.strip() for n in config.experiments.split(",") if n.strip()]
   accepted = [n for n in config_lib.available_experiments() if n not in NOT_CLAIMS]
-  bad = [n for n in names if n not in accepted]
-  if not names or bad:
-    raise ConfigError(f"--config.experiments={config.experiments!r} names "
-                      f"{', '.join(map(repr, bad)) or 'no experiment'}; accepted: a "
-                      f"comma-separated list of {', '.join(accepted)}")
-  return names
+  return list(config_lib.require_values(
+      config, "experiments", lambda n: n in accepted,
+      f"distinct comma-separated names from {', '.join(accepted)}"))
+
+
+def _study(name: str) -> study_lib.Study:
+  return importlib.import_module(f"qkvjax.studies.{name}").STUDY
 
 
 def check(config, results_dir) -> None:
   for name in experiment_names(config):
-    module = importlib.import_module(f"qkvjax.studies.{name}")
-    module.check(config_lib.load_config(name), results_dir)
-  results.check_writable(results_dir)
+    study_lib.check(_study(name), config_lib.load_config(name), results_dir)
+  results.check_writable(results_dir, "claims")
 
 
 def run(config, results_dir, progress: bool = True) -> pathlib.Path:
   names = experiment_names(config)
-  run_dir = runner.start_run(results_dir, "claims", config)
+  run_dir = results.new_run_dir(results_dir, "claims")
+  saved = {"experiment": "claims", "config": config.to_dict(), "status": "running",
+           **results.provenance(train.run_mesh())}
+  results.write_json(run_dir / "config.json", saved)
   runs = {}
   for name in names:
-    module = importlib.import_module(f"qkvjax.studies.{name}")
     print(f"== {name}", flush=True)
-    runs[name] = str(module.run(config_lib.load_config(name), results_dir, progress=progress))
+    runs[name] = str(study_lib.run(_study(name), config_lib.load_config(name), results_dir,
+                                   progress=progress))
     results.write_json(run_dir / "runs.json", runs)  # progress survives a crash
+  results.write_json(run_dir / "config.json", {**saved, "status": "complete"})
   finish(run_dir)
   return run_dir
 
 
 def collect(runs: dict[str, str]) -> list[dict[str, Any]]:
-  """Every claim of every experiment run, tagged with its experiment."""
+  """Every claim of every experiment run, tagged with its experiment, and
+  corrected across the whole table."""
   rows = []
   for name, exp_dir in runs.items():
     summary = results.read_json(pathlib.Path(exp_dir) / "summary.json")
     for claim in summary.get("claims", []):
-      rows.append({"experiment": name, "run_dir": exp_dir, **claim})
+      rows.append({**claim, "experiment": name, "run_dir": exp_dir,
+                   "corrected_in_run": claim["corrected_verdict"]})
+  stats.correct(rows)
   return rows
 
 
 def finish(run_dir: pathlib.Path) -> None:
+  run_dir = pathlib.Path(run_dir)
   runs = results.read_json(run_dir / "runs.json")
   rows = collect(runs)
-  counts: dict[str, int] = {}
-  for r in rows:
-    counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
-  results.write_json(run_dir / "summary.json", {"runs": runs, "verdict_counts": counts,
-                                                "claims": rows})
-  lines = ["# qkvjax: every claim, measured", "",
-           "Each claim of the attention explainers (`../shared/seeds/`) was tested by "
-           "its own experiment, seeds trained together in one vmapped program. Effects "
-           "are mean ± std across seeds with a 95% expanded-percentile bootstrap CI of the mean; "
-           "*supported* / *not supported* when the CI lies on the claimed / the other "
-           "side, *inconclusive* when it straddles.", "",
-           "Verdicts: " + ", ".join(f"{v}: {n}" for v, n in sorted(counts.items())), "",
-           "| claim | experiment | measured | effect: mean ± std (95% CI) | seeds | verdict |",
-           "|---|---|---|---|---|---|"]
-  for r in rows:
+  results.write_json(run_dir / "summary.json", {
+      "runs": runs, "verdict_counts": report.verdict_counts(rows),
+      "corrected_counts": report.verdict_counts(rows, "corrected_verdict"), "claims": rows})
+
+  def link(r):
     rel = os.path.relpath(pathlib.Path(r["run_dir"]), run_dir)
-    lines.append(f"| {report.cell(r['claim'])} | [{r['experiment']}]({rel}/report.md) | "
-                 f"{report.cell(r['measured'])} | "
-                 f"{report.effect_cell(r['effect'])} | {r['effect']['n']} | "
-                 f"**{r['verdict']}** |")
+    return f"[{r['experiment']}]({rel}/report.md)"
+
+  lines = ["# qkvjax: every claim, measured", "",
+           "Each claim of the attention explainers was tested by its own experiment, seeds "
+           "trained together in one vmapped program. The corrected column applies "
+           "Holm–Bonferroni across this whole table, so it is stricter than each "
+           "experiment's own report.", "", report.HOW_TO_READ, "",
+           report.counts_line(rows), ""]
+  lines += report.claims_table(rows, link=link)
   lines += ["", "## Figures by experiment", ""]
   for name, exp_dir in runs.items():
     rel = os.path.relpath(pathlib.Path(exp_dir), run_dir)

@@ -43,8 +43,8 @@ def best_head(run, prefix: str, index: int, **where) -> np.ndarray:
   """Per seed, the max over layers and heads of ``prefix/L*/H*`` at a logging point."""
   keys = [k for k in run.keys(prefix + "/", **where)]
   table = np.stack([run.table(k, **where)[1][:, index] for k in keys], 1)
-  with np.errstate(all="ignore"):
-    return np.where(np.isfinite(table).any(1), np.nanmax(table, 1), np.nan)
+  best = np.max(np.where(np.isfinite(table), table, -np.inf), 1)
+  return np.where(np.isfinite(best), best, np.nan)
 
 
 def layer_mean(run, fn) -> np.ndarray:
