@@ -68,14 +68,28 @@ def counts_line(claims: list[dict[str, Any]]) -> str:
           f"(Holm–Bonferroni): {text('corrected_verdict')}.")
 
 
-def diverged_lines(diverged: dict[str, list[dict[str, int]]]) -> list[str]:
-  """The diverged seeds per condition; they are excluded from the statistics."""
-  text = "; ".join(f"{k}: " + ", ".join(f"seed {d['seed']} at step {d['step']}" for d in v)
+def diverged_lines(diverged: dict[str, list[dict[str, Any]]]) -> list[str]:
+  """The diverged and unstable seeds per condition; they are excluded from the
+  statistics from that step on."""
+  text = "; ".join(f"{k}: " + ", ".join(
+      f"seed {d['seed']} at step {d['step']}" + (" (unstable)" if d.get("why") == "unstable"
+                                                 else "") for d in v)
                    for k, v in diverged.items() if v)
   if not text:
-    return ["No seed diverged.", ""]
-  return ["**Diverged seeds** (non-finite loss or parameters; NaN from divergence on, "
-          "excluded from the statistics): " + text, ""]
+    return ["No seed diverged or became unstable.", ""]
+  return ["**Diverged or unstable seeds** (a non-finite loss or parameter; or, *unstable*, "
+          f"a loss above {results.UNSTABLE_FACTOR:g}× its value at step 0; NaN from that "
+          "step on, excluded from the statistics): " + text, ""]
+
+
+def partial_lines(partial: list[dict[str, Any]]) -> list[str]:
+  """Logging points dropped because they were written for too few seeds."""
+  if not partial:
+    return []
+  return ["**Dropped partial logging points** (written for fewer seeds than the run has, "
+          "by an interrupted write): " + "; ".join(
+              f"{p['condition']} step {p['step']} ({p['rows']} of {p['expected']} rows)"
+              for p in partial), ""]
 
 
 def quote_lines(claims: list[dict[str, Any]]) -> list[str]:
@@ -122,6 +136,7 @@ def write(run: results.Run, title: str, description: str, summary: dict[str, Any
   lines = header_lines(run, title, summary)
   lines += [description, "", HOW_TO_READ, ""]
   lines += diverged_lines(summary["diverged_seeds"])
+  lines += partial_lines(run.partial)
   lines += ["## Claims", "", counts_line(summary["claims"]), ""]
   lines += claims_table(summary["claims"]) + [""]
   lines += ["## Quotes tested", ""] + quote_lines(summary["claims"]) + [""]

@@ -59,12 +59,28 @@ def new_run_dir(results_dir: str | os.PathLike, exp: str) -> pathlib.Path:
   raise RuntimeError(f"could not create a fresh run directory under {parent}")
 
 
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
+# Files get the mode a plain open() would give them (0666 minus the umask), so
+# results on a shared disk are as readable as the user's other files.
+FILE_MODE = 0o666 & ~_umask()
+
+
+class RunError(RuntimeError):
+  """A run could not go on (e.g. the disk is full): one line saying what was kept."""
+
+
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
   """Writes via a temporary file and ``os.replace``: never half-written."""
   path = pathlib.Path(path)
   mode = "wb" if isinstance(data, bytes) else "w"
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
   try:
+    os.fchmod(fd, FILE_MODE)
     with os.fdopen(fd, mode) as f:
       f.write(data)
       f.flush()
@@ -150,25 +166,40 @@ class MetricsWriter:
   """
 
   def __init__(self, path: str | os.PathLike):
-    self._f = open(path, "a", encoding="utf-8")  # pylint: disable=consider-using-with
+    self.path = pathlib.Path(path)
+    self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
 
   def write(self, step: int, metrics: dict[str, np.ndarray],
             fields: dict[str, Any] | None = None) -> None:
-    """One row per seed; ``fields`` (e.g. ``{"condition": ...}``) tag each row."""
+    """One row per seed; ``fields`` (e.g. ``{"condition": ...}``) tag each row.
+    All rows go in one write; if it fails (a full disk), the file is cut
+    back to where it was, so it never ends in a torn line."""
     num_seeds = len(next(iter(metrics.values())))
     lines = []
     for seed in range(num_seeds):
       row = {**(fields or {}), "step": int(step), "seed": seed}
       row.update({k: v[seed] for k, v in metrics.items()})
       lines.append(json.dumps(_jsonable(row), allow_nan=False))
-    self._f.write("\n".join(lines) + "\n")
-    self._f.flush()
+    data = ("\n".join(lines) + "\n").encode("utf-8")
+    size = os.fstat(self._fd).st_size
+    try:
+      view = memoryview(data)
+      while view:
+        view = view[os.write(self._fd, view):]
+    except OSError as e:
+      os.ftruncate(self._fd, size)
+      raise RunError(f"could not write {self.path} ({e.strerror or e}); it keeps every "
+                     "logging point before this one") from None
 
   def close(self) -> None:
-    self._f.close()
+    os.close(self._fd)
 
 
 _DIVERGENCE_KEYS = ("diverged", "diverged_step")
+# A seed whose loss rises above UNSTABLE_FACTOR times its loss at step 0 is
+# *unstable*: it blew up without reaching a non-finite value. Like a diverged
+# seed, its values are NaN from that logging point on, and it is listed.
+UNSTABLE_FACTOR = 10.0
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -200,6 +231,22 @@ class Run:
     self.rows = read_metrics(self.dir / "metrics.jsonl")
     self.conditions: dict[str, dict[str, Any]] = self.saved.get("conditions", {})
     self._index: dict[tuple, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
+    self.partial = self._drop_partial_points()
+
+  def _drop_partial_points(self) -> list[dict[str, Any]]:
+    """Drops logging points written for fewer seeds than the run has (an
+    interrupted write); returns what was dropped, for the report to say."""
+    num_seeds = self.config.get("num_seeds")
+    groups: dict[tuple, int] = {}
+    for r in self.rows:
+      key = (r.get("condition"), r.get("phase"), r["step"])
+      groups[key] = groups.get(key, 0) + 1
+    expected = max(groups.values(), default=0) if num_seeds is None else num_seeds
+    partial = {k for k, n in groups.items() if k[1] != "init" and n < expected}
+    self.rows = [r for r in self.rows
+                 if (r.get("condition"), r.get("phase"), r["step"]) not in partial]
+    return [{"condition": c, "phase": p, "step": s, "rows": groups[(c, p, s)],
+             "expected": expected} for c, p, s in sorted(partial, key=str)]
 
   @property
   def experiment(self) -> str:
@@ -223,15 +270,25 @@ class Run:
       s_index = {s: i for i, s in enumerate(steps)}
       seed_index = {s: i for i, s in enumerate(seeds)}
       cols: dict[str, np.ndarray] = {}
+      first_loss = {r["seed"]: r.get("loss") for r in rows if r["step"] == steps[0]}
+      unstable_from: dict[int, int] = {}
+      for r in sorted(rows, key=lambda r: r["step"]):
+        l0, loss = first_loss.get(r["seed"]), r.get("loss")
+        if (r["seed"] not in unstable_from and l0 is not None and loss is not None
+            and loss > UNSTABLE_FACTOR * max(l0, 1e-12)):
+          unstable_from[r["seed"]] = r["step"]
       for r in rows:
         i, j = seed_index[r["seed"]], s_index[r["step"]]
-        diverged = bool(r.get("diverged"))
+        diverged = bool(r.get("diverged")) or r["step"] >= unstable_from.get(r["seed"], 1 << 62)
         for k, v in r.items():
           if k not in cols:
             cols[k] = np.full((len(seeds), len(steps)), np.nan)
           if isinstance(v, (int, float)) and not isinstance(v, bool) and not (
               diverged and k not in _DIVERGENCE_KEYS):
             cols[k][i, j] = v
+      cols["unstable_step"] = np.full((len(seeds), len(steps)), np.nan)
+      for seed, step in unstable_from.items():
+        cols["unstable_step"][seed_index[seed], :] = step
       self._index[key] = (np.array(steps), cols)
     return self._index[key]
 
@@ -264,8 +321,15 @@ class Run:
       return np.full((self.table("loss", **where)[1].shape[0], 1), np.nan)
     return np.stack([self.table(k, **where)[1][:, index] for k in keys], 1)
 
-  def diverged_seeds(self, **where) -> list[dict[str, int]]:
-    """Seeds that diverged, with the step they first met a non-finite value."""
+  def diverged_seeds(self, **where) -> list[dict[str, Any]]:
+    """Seeds that diverged (the step they first met a non-finite value) or
+    became unstable (the logging point their loss passed ``UNSTABLE_FACTOR``
+    times its initial value); both are excluded from the statistics."""
     div = self.final("diverged", **where)
     step = self.final("diverged_step", **where)
-    return [{"seed": int(i), "step": int(step[i])} for i in np.flatnonzero(div > 0)]
+    out = [{"seed": int(i), "step": int(step[i]), "why": "non-finite"}
+           for i in np.flatnonzero(div > 0)]
+    unstable = self.table("unstable_step", **where)[1][:, 0]
+    out += [{"seed": int(i), "step": int(unstable[i]), "why": "unstable"}
+            for i in np.flatnonzero(np.isfinite(unstable)) if not div[i] > 0]
+    return sorted(out, key=lambda d: d["seed"])

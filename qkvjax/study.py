@@ -265,7 +265,8 @@ def summarize(study: Study, run: results.Run) -> dict[str, Any]:
                    for k in run.keys(**where) if k not in ("step", "seed")}
   out = {"experiment": run.experiment, "status": run.saved.get("status", "complete"),
          "num_seeds": run.config.get("num_seeds"), "final_step": steps[-1] if steps else 0,
-         "conditions": run.conditions, "diverged_seeds": diverged, "claims": claims,
+         "conditions": run.conditions, "diverged_seeds": diverged,
+         "partial_logging_points": run.partial, "claims": claims,
          "final": final}
   if study.summary:
     out.update(study.summary(run))

@@ -52,6 +52,7 @@ def test_bad_experiment_list_is_rejected(value):
 
 
 def test_diverged_lines_per_condition():
-  assert report.diverged_lines({"qk": [], "none": []}) == ["No seed diverged.", ""]
+  assert report.diverged_lines({"qk": [], "none": []}) == [
+      "No seed diverged or became unstable.", ""]
   per = report.diverged_lines({"qk": [{"seed": 1, "step": 3}], "none": []})[0]
   assert per.endswith("qk: seed 1 at step 3") and "none" not in per

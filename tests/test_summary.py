@@ -52,13 +52,13 @@ def test_run_table_masks_a_diverged_seed(tmp_path):
   assert list(steps) == [0, 10]
   assert np.isfinite(values[0]).all() and np.isnan(values[1, 1]) and np.isfinite(values[1, 0])
   assert run.table("diverged")[1][1, 1] == 1.0
-  assert run.diverged_seeds() == [{"seed": 1, "step": 7}]
+  assert run.diverged_seeds() == [{"seed": 1, "step": 7, "why": "non-finite"}]
 
 
 def test_summary_lists_a_diverged_seed_and_excludes_it_from_every_claim(tmp_path):
   run = _write_run(tmp_path, num_seeds=4, diverge_seed=2)
   summary = study.summarize(specialization.STUDY, run)
-  assert summary["diverged_seeds"] == {"default": [{"seed": 2, "step": 7}]}
+  assert summary["diverged_seeds"] == {"default": [{"seed": 2, "step": 7, "why": "non-finite"}]}
   assert summary["final"]["default"]["loss"]["n"] == 3
   by_name = {c["claim"]: c for c in summary["claims"]}
   at_init = {"W_Q, W_K, W_V start statistically identical",
@@ -79,3 +79,30 @@ def test_summary_lists_a_diverged_seed_and_excludes_it_from_every_claim(tmp_path
   differentiate = by_name["W_Q, W_K, W_V differentiate during training"]
   assert differentiate["verdict"] in ("supported", "negligible")
   assert differentiate["smallest_effect"] == 0.03
+
+
+def test_a_seed_whose_loss_blows_up_without_nan_is_excluded_as_unstable(tmp_path):
+  run = _write_run(tmp_path, num_seeds=3)
+  rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  for r in rows:
+    if r["seed"] == 0 and r["step"] == 10:
+      r["loss"] = 1e12  # finite, far above 10x its initial loss
+  (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  run = results.Run(tmp_path)
+  assert run.diverged_seeds() == [{"seed": 0, "step": 10, "why": "unstable"}]
+  assert np.isnan(run.final("accuracy")[0]) and np.isfinite(run.final("accuracy")[1:]).all()
+  assert np.isfinite(run.initial("accuracy")).all()
+  summary = study.summarize(specialization.STUDY, run)
+  learned = next(c for c in summary["claims"] if c["claim"].startswith("prerequisite"))
+  assert learned["per_seed"][0] is None and learned["effect"]["n"] == 2
+
+
+def test_a_partial_last_logging_point_is_dropped_and_said(tmp_path):
+  _write_run(tmp_path, num_seeds=3)
+  lines = (tmp_path / "metrics.jsonl").read_text().splitlines(keepends=True)
+  (tmp_path / "metrics.jsonl").write_text("".join(lines[:-2]) + lines[-2][:40])  # torn
+  run = results.Run(tmp_path)
+  assert run.partial == [{"condition": "default", "phase": "train", "step": 10, "rows": 1,
+                          "expected": 3}]
+  steps, loss = run.table("loss")
+  assert list(steps) == [0] and loss.shape == (3, 1)
