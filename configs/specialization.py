@@ -15,6 +15,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.steps = 1200
   c.log_every = 40      # steps between logging points (metrics at step 0 too)
   c.batch_size = 64
+  c.checkpoint_every = 10  # logging points between train-state checkpoints (and the last)
 
   c.task = ml_collections.ConfigDict()
   c.task.n_categories = 6   # edible, vehicle, movable, animate, wearable, readable
@@ -26,3 +27,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.model = model_config()  # 2 layers x 4 heads, d_model 64 (qkvjax/config.py)
   c.optim = optim_config()  # AdamW, lr 1e-3
   return c
+
+
+def get_sweep() -> dict[str, tuple]:
+  """The default grid of ``--sweep``: the headline claims across learning rates."""
+  return {"optim.learning_rate": (3e-4, 1e-3, 3e-3)}

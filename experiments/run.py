@@ -1,7 +1,21 @@
 """Entry point: ``python -m experiments.run --exp=NAME [--config.FIELD=VALUE ...]``.
 
 Thin by design: parse flags, load and check the config, call the library.
-Bad input exits with code 2 and a one-line error, before anything is written.
+
+    --exp=NAME                 the experiment (a module of configs/)
+    --config.FIELD=VALUE       override a config field (typed; lists comma-separated)
+    --sweep.FIELD=V1,V2,...    sweep a field (repeatable: the grid is the product)
+    --sweep                    sweep the config's own grid (its get_sweep())
+    --resume=DIR               continue a killed run or sweep from its checkpoints
+    --results_dir=DIR          where run directories are created (default results/)
+    --tensorboard              also write TensorBoard event files
+    --[no]progress             the progress bar
+    --coordinator_address=HOST:PORT --num_processes=N --process_id=I
+                               start one process of a multi-process run
+
+Bad input exits with code 2 and a one-line error, before anything is written;
+a run that cannot go on (a full disk) exits with 1; Ctrl-C with 130 and
+SIGTERM with 143, leaving the run marked interrupted and saying how to resume.
 """
 
 from __future__ import annotations
@@ -12,18 +26,26 @@ import sys
 
 from absl import flags
 
-from qkvjax import config as config_lib
-from qkvjax import study as study_lib
-
 FLAGS = flags.FLAGS
 flags.DEFINE_string("exp", "specialization", "Experiment: the name of a module in configs/.")
 flags.DEFINE_string("results_dir", "results", "Where run directories are created.")
 flags.DEFINE_bool("progress", True, "Show a progress bar while training.")
+flags.DEFINE_string("resume", None, "A run or sweep directory to continue.")
+flags.DEFINE_bool("sweep", False, "Sweep the grid of the config's get_sweep().")
+flags.DEFINE_bool("tensorboard", False, "Also write TensorBoard event files.")
+flags.DEFINE_string("coordinator_address", None, "Multi-process: process 0's host:port.")
+flags.DEFINE_integer("num_processes", None, "Multi-process: how many processes.")
+flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
+
+ACCEPTED = ("accepted: --exp=NAME, --config.FIELD=VALUE, --sweep.FIELD=V1,V2, --sweep, "
+            "--resume=DIR, --results_dir=DIR, --tensorboard, --[no]progress")
 
 
 def entry(exp: str):
-  """``(check, run)`` of ``--exp=exp``: its ``qkvjax.studies.<exp>.STUDY`` run
-  by the study framework, or the module's own ``check`` and ``run``."""
+  """``(check, run, study)`` of ``--exp=exp``: its ``qkvjax.studies.<exp>.STUDY``
+  run by the study framework, or the module's own ``check`` and ``run``."""
+  from qkvjax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from qkvjax import study as study_lib  # pylint: disable=g-import-not-at-top
   names = config_lib.available_experiments()
   if exp not in names:
     raise config_lib.ConfigError(
@@ -31,16 +53,39 @@ def entry(exp: str):
   module = importlib.import_module(f"qkvjax.studies.{exp}")
   if hasattr(module, "STUDY"):
     return (functools.partial(study_lib.check, module.STUDY),
-            functools.partial(study_lib.run, module.STUDY))
-  return module.check, module.run
+            functools.partial(study_lib.run, module.STUDY), module.STUDY)
+  return module.check, module.run, None
+
+
+def _grid(exp, config, sweeps, study):
+  """The sweep grid from ``--sweep.FIELD`` flags or ``get_sweep()``, or None."""
+  from qkvjax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from qkvjax import sweep  # pylint: disable=g-import-not-at-top
+  if not sweeps and not FLAGS.sweep:
+    return None
+  if study is None:
+    raise config_lib.ConfigError(f"--sweep needs a training experiment; {exp!r} does not "
+                                 "train")
+  if sweeps:
+    return sweep.parse(config, sweeps)
+  module = importlib.import_module(f"configs.{exp}")
+  if not hasattr(module, "get_sweep"):
+    raise config_lib.ConfigError(f"--sweep: configs/{exp}.py defines no get_sweep(); "
+                                 "accepted: --sweep.FIELD=V1,V2,... flags")
+  grid = dict(module.get_sweep())
+  sweep.validate(config, grid)
+  return grid
 
 
 def main(argv: list[str]) -> int:
+  from qkvjax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from qkvjax import interrupts  # pylint: disable=g-import-not-at-top
+  from qkvjax import results  # pylint: disable=g-import-not-at-top
   try:
     rest, overrides = config_lib.split_override_args(argv)
+    rest, sweeps = config_lib.split_override_args(rest, "--sweep.")
     if any(a in ("--help", "-h", "--helpfull") for a in rest[1:]):
-      print(f"{__doc__}\nexperiments: {', '.join(config_lib.available_experiments())}\n"
-            f"{FLAGS.module_help(sys.modules[__name__])}")
+      print(f"{__doc__}\nexperiments: {', '.join(config_lib.available_experiments())}")
       return 0
     try:
       FLAGS.unparse_flags()  # main() may be called more than once (tests)
@@ -48,28 +93,87 @@ def main(argv: list[str]) -> int:
     except flags.Error as e:
       raise config_lib.ConfigError(str(e).splitlines()[0]) from None
     if positional:
-      raise config_lib.ConfigError(
-          f"unexpected argument {positional[0]!r}; accepted: --exp=NAME, "
-          "--results_dir=DIR, --[no]progress and --config.FIELD=VALUE")
-    check, run = entry(FLAGS.exp)
+      raise config_lib.ConfigError(f"unexpected argument {positional[0]!r}; {ACCEPTED}")
+    _start_processes()
+    from qkvjax import study as study_lib  # pylint: disable=g-import-not-at-top
+    if FLAGS.resume:
+      if sweeps or FLAGS.sweep:
+        raise config_lib.ConfigError("--resume takes its grid from the sweep directory; "
+                                     "accepted: --resume=DIR without --sweep flags")
+      if FLAGS.tensorboard:
+        from qkvjax import loggers  # pylint: disable=g-import-not-at-top
+        loggers.check_tensorboard()
+      done = study_lib.resume(FLAGS.resume, overrides, FLAGS.progress, FLAGS.tensorboard)
+      if done is None:
+        print(f"{FLAGS.resume} is already complete; nothing to resume")
+        return 0
+      return _report(done)
+    check, run, study = entry(FLAGS.exp)
     config = config_lib.apply_overrides(config_lib.load_config(FLAGS.exp), overrides,
                                         FLAGS.exp)
-    check(config, FLAGS.results_dir)
+    grid = _grid(FLAGS.exp, config, sweeps, study)
+    if FLAGS.tensorboard:
+      from qkvjax import loggers  # pylint: disable=g-import-not-at-top
+      loggers.check_tensorboard()
+    if grid is None:
+      check(config, FLAGS.results_dir)
+    else:
+      from qkvjax import sweep  # pylint: disable=g-import-not-at-top
+      for point in sweep.points(grid):
+        check(config_lib.apply_overrides(config, point), FLAGS.results_dir)
   except config_lib.ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   try:
-    run_dir = run(config, FLAGS.results_dir, progress=FLAGS.progress)
-  except KeyboardInterrupt:
-    print("interrupted: the run directory keeps config.json and every metric logged so "
-          "far (redraw with --exp=figures --config.run_dir=DIR)", file=sys.stderr)
+    if grid is not None:
+      out = study_lib.run_sweep(study, config, grid, FLAGS.results_dir, FLAGS.progress,
+                                FLAGS.tensorboard)
+    elif study is not None:
+      out = run(config, FLAGS.results_dir, progress=FLAGS.progress,
+                tensorboard=FLAGS.tensorboard)
+    else:
+      out = run(config, FLAGS.results_dir, progress=FLAGS.progress)
+  except config_lib.ConfigError as e:  # found only once the run is planned
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  except results.RunError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  except KeyboardInterrupt:  # in-process (tests): the signal watcher is not installed
+    interrupts.notify("SIGINT")
     return 130
-  print(f"wrote {run_dir}")
-  report = run_dir / "report.md"
-  if report.exists():
-    print(f"report: {report}")
+  return _report(out)
+
+
+def _start_processes() -> None:
+  """Joins a multi-process run when flags or a cluster launcher ask for one."""
+  from qkvjax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from qkvjax import distributed  # pylint: disable=g-import-not-at-top
+  by_flags = [FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id]
+  if any(v is not None for v in by_flags):
+    if any(v is None for v in by_flags):
+      raise config_lib.ConfigError(
+          "--coordinator_address, --num_processes and --process_id go together; accepted: "
+          "all three, or none (a single process, or a cluster launcher's environment)")
+    if not 0 <= FLAGS.process_id < FLAGS.num_processes:
+      raise config_lib.ConfigError(f"--process_id={FLAGS.process_id} is out of range; "
+                                   f"accepted: 0..{FLAGS.num_processes - 1}")
+    distributed.initialize(*by_flags)
+  elif distributed.launched_on_cluster():
+    distributed.initialize()
+
+
+def _report(out) -> int:
+  from qkvjax import distributed  # pylint: disable=g-import-not-at-top
+  if distributed.is_writer():
+    print(f"wrote {out}")
+    report = out / "report.md"
+    if report.exists():
+      print(f"report: {report}")
   return 0
 
 
 if __name__ == "__main__":
+  from qkvjax import interrupts as _interrupts  # before JAX starts any thread
+  _interrupts.install()
   sys.exit(main(sys.argv))

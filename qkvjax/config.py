@@ -314,3 +314,21 @@ def validate_optim(o: ml_collections.ConfigDict) -> None:
                                               "grad_clip")], 0)
   for f in ("b1", "b2", "momentum"):
     require(0 <= o[f] < 1, f"optim.{f}", o[f], "0 <= value < 1")
+
+
+def from_saved(exp: str, saved: dict[str, Any]) -> ml_collections.ConfigDict:
+  """An experiment's config rebuilt from a saved ``config.json`` dict: the
+  experiment's defaults with the saved values set, lists back to tuples."""
+  config = load_config(exp)
+
+  def fill(node: ml_collections.ConfigDict, values: dict[str, Any], prefix: str):
+    for key, value in values.items():
+      if key not in node:
+        raise ConfigError(f"saved config field {prefix}{key!r} is not a field of experiment "
+                          f"{exp!r}; accepted: a run made by this version of qkvjax")
+      if isinstance(node[key], ml_collections.ConfigDict):
+        fill(node[key], value, f"{prefix}{key}.")
+      else:
+        node[key] = tuple(value) if isinstance(value, list) else value
+  fill(config, saved, "")
+  return config

@@ -24,6 +24,7 @@ import ml_collections
 import numpy as np
 
 from qkvjax import config as config_lib
+from qkvjax import distributed
 from qkvjax import models
 from qkvjax import plotting
 from qkvjax import report
@@ -103,15 +104,6 @@ class Study:
   init_seeds: str | None = None
 
 
-class Program(NamedTuple):
-  """Conditions that run as one compiled program."""
-
-  task: str
-  config: ml_collections.ConfigDict
-  conditions: list[str]
-  points: list[dict[str, Any]]  # per condition, its foldable values
-
-
 def condition_configs(study: Study, config) -> dict[str, tuple[str, ml_collections.ConfigDict]]:
   """Per condition: its task name and its config (overrides applied)."""
   out = {}
@@ -122,29 +114,10 @@ def condition_configs(study: Study, config) -> dict[str, tuple[str, ml_collectio
   return out
 
 
-def _has(cfg, path: str) -> bool:
-  try:
-    config_lib.field(cfg, path)
-  except config_lib.ConfigError:
-    return False
-  return True
-
-
-def programs(study: Study, config) -> list[Program]:
-  """Conditions grouped into programs: same task and same config apart from
-  foldable fields share one program, in the order the study lists them."""
-  groups: dict[str, Program] = {}
-  for name, (task, cfg) in condition_configs(study, config).items():
-    foldable = [f for f in train.FOLDABLE if _has(cfg, f)]
-    static = config_lib.copy(cfg)
-    for f in foldable:
-      config_lib.set_field(static, f, None)
-    key = json.dumps([task, static.to_dict()], sort_keys=True, default=str)
-    if key not in groups:
-      groups[key] = Program(task, cfg, [], [])
-    groups[key].conditions.append(name)
-    groups[key].points.append({f: config_lib.field(cfg, f) for f in foldable})
-  return list(groups.values())
+def programs(study: Study, config) -> list:
+  """The study's conditions grouped into compiled programs (``runner.plan``)."""
+  from qkvjax import runner  # pylint: disable=g-import-not-at-top
+  return runner.plan(study, [config])
 
 
 def check(study: Study, config, results_dir) -> None:
@@ -194,51 +167,132 @@ def nnx_merge(trainer: train.Trainer, params, rest):
   return nnx.merge(trainer.graphdef, params, rest)
 
 
-def run(study: Study, config, results_dir, progress: bool = True) -> pathlib.Path:
+def run(study: Study, config, results_dir, progress: bool = True,
+        tensorboard: bool = False) -> pathlib.Path:
   """Trains every program, then writes summary, figures and report."""
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-  progs = programs(study, config)
-  built: dict[str, tasks.Task] = {}
-  for prog in progs:
-    built.setdefault(prog.task, tasks.make(prog.task, prog.config))
-  run_dir = results.new_run_dir(results_dir, study.name)
-  saved = {"experiment": study.name, "config": config.to_dict(), "status": "running",
-           "conditions": study.conditions(config), **results.provenance(train.run_mesh())}
-  results.write_json(run_dir / "config.json", saved)
-  results.write_json(run_dir / "task.json", {n: t.tables() for n, t in built.items()})
-  writer = results.MetricsWriter(run_dir / "metrics.jsonl")
-  total = sum(p.config.steps for p in progs)
-  bar = tqdm(total=total, unit="step", disable=not progress, dynamic_ncols=True)
-  samples: dict[str, Any] = {}
-  try:
-    for prog in progs:
-      trainer = train.Trainer(prog.config, built[prog.task], prog.points, study.metrics,
-                              study.model_fn, **({"compile_options": study.compile_options}
-                                                 if study.compile_options else {}))
-      bar.set_description(f"{'/'.join(prog.conditions)[:40]} ({trainer.num_runs} runs)")
-      if study.init_seeds:
-        at_init = trainer.measure_at_init(int(config_lib.field(config, study.init_seeds)))
-        for i, name in enumerate(prog.conditions):
-          writer.write(0, {k: v[i] for k, v in at_init.items()},
-                       {"condition": name, "phase": "init"})
-      last = 0
-      for step, metrics, state in train.train(trainer):
-        for name, part in zip(prog.conditions, trainer.split_runs(metrics)):
-          writer.write(step, part, {"condition": name, "phase": "train"})
-        bar.update(step - last)
-        last = step
-        bar.set_postfix(loss=f"{np.nanmean(metrics['loss']):.3f}",
-                        diverged=int(np.sum(metrics["diverged"][:trainer.num_runs])))
-      if study.samples:
-        samples.update(study.samples(trainer, state, prog.conditions))
-  finally:
-    bar.close()
-    writer.close()
-  if samples:
-    results.write_json(run_dir / "samples.json", samples)
-  results.write_json(run_dir / "config.json", {**saved, "status": "complete"})
-  finish(study, run_dir)
+  from qkvjax import runner  # pylint: disable=g-import-not-at-top
+  progs = runner.plan(study, [config])
+  built = runner.build_tasks(progs)
+  runner.check_resources(study, progs, built, results_dir)
+  run_dir = None
+  if distributed.is_writer():
+    run_dir = results.new_run_dir(results_dir, study.name)
+    results.write_json(run_dir / "config.json", {
+        "experiment": study.name, "config": config.to_dict(), "status": "running",
+        "conditions": study.conditions(config), **results.provenance(train.run_mesh())})
+  run_dir = pathlib.Path(distributed.broadcast_text(str(run_dir)))
+  runner.execute(study, [runner.Unit(run_dir, config, {})], progress,
+                 tensorboard=tensorboard, programs=progs, built=built)
   return run_dir
+
+
+def run_sweep(study: Study, config, grid, results_dir, progress: bool = True,
+              tensorboard: bool = False) -> pathlib.Path:
+  """One run directory per grid point under ``results/<exp>/<sweep_id>/``,
+  foldable points trained together; then the sweep's summary and report."""
+  from qkvjax import runner  # pylint: disable=g-import-not-at-top
+  from qkvjax import sweep  # pylint: disable=g-import-not-at-top
+  grid_points = sweep.points(grid)
+  configs = [config_lib.apply_overrides(config, p) for p in grid_points]
+  progs = runner.plan(study, configs)
+  built = runner.build_tasks(progs)
+  runner.check_resources(study, progs, built, results_dir)
+  sweep_dir = None
+  if distributed.is_writer():
+    sweep_dir = results.new_run_dir(results_dir, study.name)
+  sweep_dir = pathlib.Path(distributed.broadcast_text(str(sweep_dir)))
+  units, manifest = [], []
+  for i, (point, cfg) in enumerate(zip(grid_points, configs)):
+    name = sweep.point_name(i, point)
+    units.append(runner.Unit(sweep_dir / name, cfg, point))
+    manifest.append({"name": name, "overrides": point, "dir": name, "status": "running"})
+    if distributed.is_writer():
+      (sweep_dir / name).mkdir()
+      results.write_json(sweep_dir / name / "config.json", {
+          "experiment": study.name, "config": cfg.to_dict(), "status": "running",
+          "conditions": study.conditions(cfg), "sweep": {"dir": "..", "point": point},
+          **results.provenance(train.run_mesh())})
+  if distributed.is_writer():
+    sweep.write_manifest(sweep_dir, study.name, config, grid, manifest)
+  try:
+    runner.execute(study, units, progress, tensorboard=tensorboard, target=sweep_dir,
+                   programs=progs, built=built)
+  finally:
+    if distributed.is_writer():
+      sweep.set_point_status(sweep_dir, {u.dir.name: results.read_json(
+          u.dir / "config.json").get("status", "running") for u in units})
+  if distributed.is_writer():
+    sweep.finish(sweep_dir)
+  return sweep_dir
+
+
+def study_of(exp: str) -> Study:
+  """The ``STUDY`` of ``qkvjax.studies.<exp>``; ConfigError if it has none."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  module = importlib.import_module(f"qkvjax.studies.{exp}")
+  if not hasattr(module, "STUDY"):
+    raise config_lib.ConfigError(f"experiment {exp!r} does not train; accepted: a training "
+                                 "experiment (its study module defines STUDY)")
+  return module.STUDY
+
+
+def _same_config(saved: ml_collections.ConfigDict, overrides: dict[str, str],
+                 target: pathlib.Path) -> None:
+  given = config_lib.apply_overrides(saved, overrides)
+  for path in overrides:
+    if config_lib.field(given, path) != config_lib.field(saved, path):
+      raise config_lib.ConfigError(
+          f"--config.{path}={overrides[path]!r} differs from the config {target} was started "
+          f"with ({config_lib.field(saved, path)!r}); accepted: --resume without --config "
+          "flags, or with the same values")
+
+
+def resume(target, overrides: dict[str, str] | None = None, progress: bool = True,
+           tensorboard: bool = False) -> pathlib.Path | None:
+  """Continues a killed run or sweep from its last checkpoints; None (nothing
+  written) if it is already complete. ConfigError if ``target`` is neither, or
+  if ``overrides`` differ from its saved config."""
+  from qkvjax import runner  # pylint: disable=g-import-not-at-top
+  from qkvjax import sweep  # pylint: disable=g-import-not-at-top
+  target = pathlib.Path(target)
+  bad = config_lib.ConfigError(f"--resume={str(target)!r} is not a run or sweep directory; "
+                               "accepted: a results/<experiment>/<run_id> directory holding "
+                               "config.json or sweep.json")
+  try:
+    manifest = results.read_json(target / "sweep.json") if (target / "sweep.json").is_file() \
+        else None
+    saved = None if manifest else results.read_json(target / "config.json")
+  except (OSError, ValueError):
+    raise bad from None
+  exp = (manifest or saved).get("experiment") if isinstance(manifest or saved, dict) else None
+  if not isinstance(exp, str):
+    raise bad
+  study = study_of(exp)
+  if manifest:
+    base = config_lib.from_saved(exp, manifest["config"])
+    _same_config(base, overrides or {}, target)
+    units = []
+    for p in manifest["points"]:
+      unit_saved = results.read_json(target / p["name"] / "config.json")
+      if unit_saved.get("status") != "complete":
+        units.append(runner.Unit(target / p["name"],
+                                 config_lib.from_saved(exp, unit_saved["config"]),
+                                 p["overrides"]))
+  else:
+    cfg = config_lib.from_saved(exp, saved["config"])
+    _same_config(cfg, overrides or {}, target)
+    units = [] if saved.get("status") == "complete" else [runner.Unit(target, cfg, {})]
+  if not units:
+    return None
+  try:
+    runner.execute(study, units, progress, resume=True, tensorboard=tensorboard, target=target)
+  finally:
+    if manifest and distributed.is_writer():
+      sweep.set_point_status(target, {u.dir.name: results.read_json(
+          u.dir / "config.json").get("status", "running") for u in units})
+  if manifest and distributed.is_writer():
+    sweep.finish(target)
+  return target
 
 
 def evaluate(claim: Claim, run: results.Run) -> dict[str, Any]:

@@ -3,6 +3,8 @@
 The run's ``config.json`` names its experiment; the study framework's
 ``finish`` rebuilds the summary, figures and report from ``metrics.jsonl``
 and the side files (a study without ``STUDY`` supplies its own ``finish``).
+A sweep directory redraws every point and the sweep's combined report. An
+interrupted run is drawn from what was logged and marked incomplete.
 """
 
 from __future__ import annotations
@@ -29,6 +31,16 @@ def _finisher(exp):
 def check(config, results_dir=None) -> pathlib.Path:
   del results_dir
   run_dir = pathlib.Path(config.run_dir)
+  if config.run_dir and (run_dir / "sweep.json").is_file():
+    try:
+      manifest = results.read_json(run_dir / "sweep.json")
+      for p in manifest["points"]:
+        if (run_dir / p["name"] / "metrics.jsonl").is_file():
+          check(type(config)({"run_dir": str(run_dir / p["name"])}))
+    except (ValueError, OSError, KeyError, TypeError) as e:
+      raise ConfigError(f"--config.run_dir={config.run_dir!r} has an unreadable sweep.json "
+                        f"({type(e).__name__}); accepted: a sweep directory") from None
+    return run_dir
   missing = [f for f in ("config.json", "metrics.jsonl") if not (run_dir / f).is_file()]
   if not config.run_dir or missing:
     raise ConfigError(f"--config.run_dir={config.run_dir!r} is not a run directory; "
@@ -53,7 +65,16 @@ def check(config, results_dir=None) -> pathlib.Path:
 
 
 def run(config, results_dir=None, progress: bool = True) -> pathlib.Path:
+  """Redraws a run, or every point of a sweep and the sweep's own report."""
   del progress
   run_dir = check(config, results_dir)
+  if (run_dir / "sweep.json").is_file():
+    from qkvjax import sweep  # pylint: disable=g-import-not-at-top
+    for p in results.read_json(run_dir / "sweep.json")["points"]:
+      point = run_dir / p["name"]
+      if (point / "metrics.jsonl").is_file() and results.read_metrics(point / "metrics.jsonl"):
+        _finisher(results.read_json(point / "config.json")["experiment"])(point)
+    sweep.finish(run_dir)
+    return run_dir
   _finisher(results.read_json(run_dir / "config.json")["experiment"])(run_dir)
   return run_dir
