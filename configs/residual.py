@@ -16,12 +16,12 @@ from qkvjax.config import model_config, optim_config
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0            # base seed; seed i uses fold_in(seed, i), shared by all conditions
-  c.num_seeds = 32      # measured together, vmapped, one compiled program per (depth, condition)
+  c.num_seeds = 32      # measured together, vmapped
   c.steps = 0           # at initialization only: no training (accepted: 0)
   c.log_every = 1
   c.batch_size = 32
-  c.depths = "1,2,4,8,16"   # comma-separated numbers of blocks, each in 1..64
-  c.conditions = "residual,no_residual,scaled_residual"  # any of these, comma-separated
+  c.depths = (1, 2, 4, 8, 16)   # numbers of blocks, each in 1..64
+  c.conditions = ("residual", "no_residual", "scaled_residual")  # any of these
 
   c.task = ml_collections.ConfigDict()
   c.task.n_categories = 8
@@ -30,7 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.task.n_details = 8
   c.task.n_slots = 8        # 8 nouns then the verb: 9 tokens per sequence
 
-  # n_layers, residual and residual_scale are set per run by the study.
+  # n_layers, residual and residual_scale are set per condition by the study.
   # Attention-only, bidirectional blocks, as in the rank-collapse analyses
   # (Dong et al. 2021, Noci et al. 2022).
   c.model = model_config(mlp=False, causal=False)

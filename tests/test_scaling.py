@@ -1,5 +1,5 @@
-"""--exp=scaling: the sqrt(d_k) closed form, the learning-rate sweep trick,
-and a tiny end-to-end run."""
+"""--exp=scaling: the sqrt(d_k) closed form, the conditions folded into one
+program per (d_head, QK-norm), and a tiny end-to-end run that redraws."""
 
 import json
 
@@ -7,17 +7,31 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from experiments import run as run_cli
 from qkvjax import attention
+from qkvjax import bibliography
 from qkvjax import config as config_lib
-from qkvjax import model as model_lib
-from qkvjax import signal
+from qkvjax import metrics
+from qkvjax import models
+from qkvjax import stats
+from qkvjax import study
+from qkvjax import tasks
 from qkvjax import train
 from qkvjax.studies import scaling
-from tests.conftest import tiny_config
 
 D_KS = (8, 32, 128)
+
+
+def small_config(**overrides):
+  """The scaling config shrunk (a tiny task, batch 8, 2 seeds), then ``overrides``."""
+  c = config_lib.load_config("scaling")
+  c.num_seeds, c.init_seeds, c.steps, c.log_every, c.batch_size = 2, 4, 3, 3, 8
+  c.task.n_categories, c.task.nouns_per_category, c.task.n_details = 4, 3, 4
+  c.task.n_slots = 3
+  c.model.d_model = 16
+  return config_lib.apply_overrides(c, overrides)
 
 
 def test_unscaled_logit_variance_is_d_k_for_unit_variance_q_and_k():
@@ -28,62 +42,78 @@ def test_unscaled_logit_variance_is_d_k_for_unit_variance_q_and_k():
     q = jax.random.normal(kq, (64, 16, 1, d))
     k = jax.random.normal(kk, (64, 16, 1, d))
     att = attention.dot_product_attention(q, k, k, scale=None)
-    std = float(signal.logit_std(att.logits_BxHxTxS, jnp.ones((16, 16), bool)))
+    std = float(metrics.logit_std(att.logits_BxHxTxS, jnp.ones((16, 16), bool)))
     np.testing.assert_allclose(std**2 / d, 1.0, rtol=0.06)
     stds.append(std)
-  np.testing.assert_allclose(signal.loglog_slope(D_KS, np.array([stds]))[0], 0.5, atol=0.02)
+  np.testing.assert_allclose(stats.loglog_slope(D_KS, np.array([stds]))[0], 0.5, atol=0.02)
 
 
 def test_unscaled_logit_variance_grows_linearly_in_d_k_in_the_model_at_init():
   """LayerNormed inputs times lecun_normal W_Q, W_K give unit-variance q and k
-  entries, so the model's unscaled logits have variance d_k: std ~ sqrt(d_k)."""
-  cfg = tiny_config(batch_size=16, **{"model.d_model": 64, "model.n_heads": 1})
-  task = train.make_trainer(cfg).task
+  entries, so the unscaled condition's logits have variance d_k: std ~ sqrt(d_k)."""
+  cfg = small_config(d_heads=D_KS, variants=("unscaled",), learning_rates=(1e-3,),
+                     batch_size=16, **{"model.d_model": 64, "model.n_layers": 1})
+  task = tasks.make("selection", cfg)
   tokens = task.sample(jax.random.PRNGKey(0), cfg.batch_size).tokens_BxT
-  mask = signal.visible_mask(task.seq_len, cfg.model.causal)
+  mask = metrics.visible_mask(task.seq_len, task.seq_len, cfg.model.causal)
+  model_cfgs = [c.model for _, c in study.condition_configs(scaling.STUDY, cfg).values()]
+  assert [m.d_head for m in model_cfgs] == list(D_KS)
+  assert {m.attn_scale for m in model_cfgs} == {"none"}
 
   @jax.jit
   def variances(keys):  # one program for every d_k: [seeds, d_k]
-    out = []
-    for d in D_KS:
-      m = scaling.variant_config(cfg, "unscaled", d).model
-      def logit_var(key, m=m):
-        params = model_lib.init_params(key, m, task.vocab_size, task.seq_len)
-        logits = model_lib.forward(params, tokens, m)[1].layers[0].attn_logits_BxHxTxT
-        return signal.logit_std(logits, mask) ** 2
-      out.append(jax.vmap(logit_var)(keys))
-    return jnp.stack(out, 1)
+    def logit_var(key, m):
+      model = models.Transformer(m, task.vocab_size, task.seq_len,
+                                 rngs=nnx.Rngs(params=key))
+      logits = models.apply(model, tokens)[1].attention["L0"].logits_BxHxTxS
+      return metrics.logit_std(logits, mask) ** 2
+    return jnp.stack([jax.vmap(lambda k, m=m: logit_var(k, m))(keys) for m in model_cfgs], 1)
 
   var = np.asarray(variances(train.seed_keys(0, 32)))
   np.testing.assert_allclose(var.mean(0) / np.array(D_KS), 1.0, rtol=0.15)
-  np.testing.assert_allclose(signal.loglog_slope(D_KS, np.sqrt(var)).mean(), 0.5, atol=0.05)
+  np.testing.assert_allclose(stats.loglog_slope(D_KS, np.sqrt(var)).mean(), 0.5, atol=0.05)
 
 
-def test_lr_sweep_equals_training_at_each_rate_alone():
-  small = {"model.n_layers": 1, "model.mlp": False}  # compiles faster
-  cfg = tiny_config(num_seeds=2, **small)
-  cfg.learning_rates = "0.001,0.03"
-  sweep = train.make_trainer(scaling.variant_config(cfg, "scaled", 8),
-                             trainer_class=scaling.LRSweepTrainer)
-  swept = sweep.train_chunk(3)(sweep.init_states())
-  alone = train.make_trainer(tiny_config(num_seeds=2, **small, **{"optim.learning_rate": 0.03}))
+def test_rates_and_attention_scales_fold_into_one_program_that_equals_each_alone():
+  """Scaled and unscaled at every rate share one program per d_head; QK-norm
+  (a different structure) gets its own. A folded run equals its condition
+  trained alone; every condition starts from the same seed keys."""
+  cfg = small_config(d_heads=(4, 8), learning_rates=(1e-3, 3e-2),
+                     **{"model.n_layers": 1})
+  progs = study.programs(scaling.STUDY, cfg)
+  assert [p.conditions for p in progs] == [
+      [scaling.name(v, d, r) for v in vs for r in (1e-3, 3e-2)]
+      for d in (4, 8) for vs in (("scaled", "unscaled"), ("qk_norm",))]
+  prog = progs[0]
+  task = tasks.make("selection", prog.config)
+  folded = train.Trainer(prog.config, task, prog.points)
+  assert folded.folded == ["model.attn_scale", "optim.learning_rate"]
+  together = folded.train_chunk(3)(folded.init_states())
+  alone_cfg = study.condition_configs(scaling.STUDY, cfg)["unscaled/d4/lr0.03"][1]
+  alone = train.Trainer(alone_cfg, task)
   state = alone.train_chunk(3)(alone.init_states())
-  for ours, ref in zip(jax.tree.leaves(swept.params), jax.tree.leaves(state.params)):
-    np.testing.assert_allclose(ours[2:], ref, rtol=2e-5, atol=2e-6)  # rate 0.03's runs
-    assert not np.allclose(ours[:2], ref)  # rate 0.001's runs differ
+  i = prog.conditions.index("unscaled/d4/lr0.03")
+  for ours, ref in zip(jax.tree.leaves(together.params), jax.tree.leaves(state.params)):
+    np.testing.assert_allclose(ours[2 * i:2 * i + 2], ref, rtol=2e-5, atol=2e-6)
+  # The same rate with scaling differs; at step 0 every condition had the same weights.
+  q = together.params["layers"][0]["attn"]["query"][...]
+  assert not np.allclose(q[2:4], q[2 * i:2 * i + 2])
+  q0 = folded.init_states().params["layers"][0]["attn"]["query"][...]
+  np.testing.assert_array_equal(q0[0:2], q0[2 * i:2 * i + 2])
 
 
 TINY = ["--exp=scaling", "--noprogress", "--config.num_seeds=2", "--config.init_seeds=5",
         "--config.steps=2", "--config.log_every=1", "--config.batch_size=4",
         "--config.d_heads=4,8", "--config.learning_rates=0.01,0.1",
-        "--config.variants=scaled,unscaled",
-        "--config.model.d_model=8", "--config.model.n_layers=1",
-        "--config.task.n_categories=3",
+        "--config.variants=scaled,unscaled", "--config.model.d_model=8",
+        "--config.model.n_layers=1", "--config.task.n_categories=3",
         "--config.task.nouns_per_category=2", "--config.task.n_details=3",
         "--config.task.n_slots=2"]
+CONDITIONS = [scaling.name(v, d, r) for d in (4, 8) for v in ("scaled", "unscaled")
+              for r in (0.01, 0.1)]
 
 
-def test_end_to_end_writes_every_file(tmp_path):
+def test_end_to_end_writes_every_file_and_redraws(tmp_path):
   assert run_cli.main(["run", f"--results_dir={tmp_path}"] + TINY) == 0
   (run_dir,) = (tmp_path / "scaling").iterdir()
   names = ["config.json", "task.json", "metrics.jsonl", "summary.json", "report.md"]
@@ -92,38 +122,47 @@ def test_end_to_end_writes_every_file(tmp_path):
   for name in names:
     assert (run_dir / name).stat().st_size > 0, name
   rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
-  init = [r for r in rows if r["phase"] == "init"]
-  assert len(init) == 2 * 2 * 5  # d_heads x variants x init seeds
-  trained = {(r["variant"], r["d_head"], r["learning_rate"], r["step"], r["seed"]): r
-             for r in rows if r["phase"] == "train"}
-  assert len(trained) == 2 * 2 * 2 * 3 * 2  # variants x d x rates x steps x seeds
-  # Init seed i (measured in sweep-sized batches of 4: seeds 0-3, then 4) is
-  # training seed i at step 0, at every learning rate.
-  for r in init:
-    assert sorted({q["seed"] for q in init if q["condition"] == r["condition"]}) == [0, 1, 2, 3, 4]
-    for rate in (0.01, 0.1):
-      if r["seed"] < 2:
-        start = trained[(r["variant"], r["d_head"], rate, 0, r["seed"])]
-        assert start["loss"] == r["loss"] and start["logit_std/L0"] == r["logit_std/L0"]
+  init = {(r["condition"], r["seed"]): r for r in rows if r["phase"] == "init"}
+  assert sorted(init) == sorted((c, s) for c in CONDITIONS for s in range(5))
+  trained = {(r["condition"], r["step"], r["seed"]): r for r in rows if r["phase"] == "train"}
+  assert sorted(trained) == sorted((c, t, s) for c in CONDITIONS for t in (0, 1, 2)
+                                   for s in (0, 1))
+  # Init seed i (measured in batches of the program's 8 runs) is training seed i at step 0.
+  for (cond, seed), r in init.items():
+    if seed < 2:
+      start = trained[(cond, 0, seed)]
+      for key in ("loss", "logit_std/L0", "grad_norm/L0/query"):
+        np.testing.assert_allclose(start[key], r[key], rtol=1e-6, err_msg=key)
   summary = json.loads((run_dir / "summary.json").read_text())
   assert len(summary["claims"]) == 8  # the QK-norm comparison needs qk_norm
   for claim in summary["claims"]:
-    assert claim["verdict"] in ("supported", "not supported", "inconclusive")
-    assert claim["quote"] and claim["source"]
-  assert set(summary["final"]) == {f"{v}/d{d}/lr{r:g}" for v in ("scaled", "unscaled")
-                                   for d in (4, 8) for r in (0.01, 0.1)}
-  assert "## Claims" in (run_dir / "report.md").read_text()
-  # run() drew everything through finish(), from the saved files alone, which
-  # is also what --exp=figures calls: no separate redraw here (it costs ~8 s).
+    assert claim["verdict"] in stats.VERDICTS and claim["source"] in bibliography.SOURCES
+    assert claim["quote"] and claim["smallest_effect"] > 0
+  assert set(summary["init"]) == {f"{v}/d{d}" for v in ("scaled", "unscaled") for d in (4, 8)}
+  assert summary["init"]["scaled/d4"]["logit_std"]["n"] == 5
+  assert set(summary["final"]) == set(CONDITIONS)
+  report = (run_dir / "report.md").read_text()
+  assert "## Claims" in report and "## At initialization" in report
+  assert "## After training" in report
+
+  for png in run_dir.glob("*.png"):
+    png.unlink()
+  before = (run_dir / "summary.json").read_text()
+  assert run_cli.main(["run", "--exp=figures", f"--config.run_dir={run_dir}"]) == 0
+  assert (run_dir / "lr_sensitivity.png").is_file()
+  assert (run_dir / "summary.json").read_text() == before
 
 
 @pytest.mark.parametrize("arg,expected", [
-    ("--config.d_heads=8", "config.d_heads='8' is out of range; accepted: two or more"),
-    ("--config.d_heads=8,x", "config.d_heads='8,x' is out of range"),
-    ("--config.variants=scaled,nope", "accepted: distinct comma-separated names from scaled"),
-    ("--config.learning_rates=0.1,0", "config.learning_rates='0.1,0' is out of range"),
-    ("--config.learning_rates=0.1,nan", "config.learning_rates='0.1,nan' is out of range"),
+    ("--config.d_heads=8", "config.d_heads=(8,) is out of range; accepted: two or more"),
+    ("--config.d_heads=0,8", "config.d_heads=(0, 8) is out of range"),
+    ("--config.d_heads=8,x", "--config.d_heads='x' is not an integer"),
+    ("--config.d_heads=8,8", "repeats a value"),
+    ("--config.variants=scaled,nope", "accepted: distinct names from scaled"),
+    ("--config.learning_rates=0.1,0", "config.learning_rates=(0.1, 0.0) is out of range"),
+    ("--config.learning_rates=0.1,nan", "is not a finite number"),
     ("--config.init_seeds=1", "config.init_seeds=1 is out of range"),
+    ("--config.steps=0", "config.steps=0 is out of range"),
     ("--config.optim.b1=1.5", "config.optim.b1=1.5 is out of range"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, arg, expected):
@@ -135,4 +174,4 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, arg, expecte
 
 
 def test_default_config_is_valid(tmp_path):
-  scaling.check(config_lib.load_config("scaling"), tmp_path)
+  study.check(scaling.STUDY, config_lib.load_config("scaling"), tmp_path)

@@ -2,39 +2,28 @@
 continuous with its embedding, and what happens to the tokens and to the
 gradients of W_Q, W_K and W_V with depth when they are removed?
 
-For each depth ``run`` measures the model at initialization under every
-condition (``CONDITIONS``) over ``num_seeds`` seeds in one jitted, vmapped
-call: the representation after every block (cosine and CKA with the token
-embedding, rank-collapse measure) and the gradient norm of every matrix. All
-conditions of a depth are measured on the same initial weights and batches,
-so their differences are paired per seed. Rows of ``metrics.jsonl`` carry
-``condition`` and ``depth``; there is no training (``steps`` = 0).
-"""
+At initialization only (``steps`` = 0), per depth and condition: the
+representation after every block (cosine and CKA with the token embedding,
+rank collapse) and every matrix's gradient norm. ``residual`` and
+``scaled_residual`` differ only in the foldable ``model.residual_scale`` (one
+program per depth); all conditions draw the same seed keys, hence the same
+weights and batches: differences are paired per seed."""
 
 from __future__ import annotations
 
 import math
-import pathlib
-from typing import Any
 
-import ml_collections
 import numpy as np
 
 from qkvjax import config as config_lib
+from qkvjax import metrics
 from qkvjax import plotting
 from qkvjax import report
-from qkvjax import results
-from qkvjax import runner
-from qkvjax import signal
 from qkvjax import stats
-from qkvjax import train
-from qkvjax.config import ConfigError
+from qkvjax import study
+from qkvjax.study import Claim, Figure
 
-EXP = "residual"
-ARTICLE_000 = "../shared/seeds/000 (division of labour among Q, K, V)"
-ISSUE_NOCI = "issue 3, after Noci et al. 2022 (Signal propagation in transformers)"
-DONG = "Dong et al. 2021 (the paper's title)"
-
+plt = plotting.plt
 # condition -> (residual stream on?, residual_scale as a function of depth)
 CONDITIONS = {
     "residual": (True, lambda depth: 1.0),
@@ -45,335 +34,264 @@ COLORS = {"residual": "#1f77b4", "no_residual": "#d62728", "scaled_residual": "#
 LABELS = {"residual": "x + f(x)", "no_residual": "f(x), no skip",
           "scaled_residual": "x + f(x)/√depth"}
 MAX_DEPTH = 64
+# Init and measure run once: far faster to compile without backend optimizations.
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+QUOTE_CONTINUITY = ("While maintaining continuity with the original token meaning (residual "
+                    "connections can compensate if continuity degradation is a concern)")
 
 
-# ---- config ------------------------------------------------------------------
-def depths(config) -> list[int]:
-  return sorted(config_lib.parse_list(config, "depths", int,
-                           f"distinct comma-separated integers in 1..{MAX_DEPTH}",
-                           lambda v: 1 <= v <= MAX_DEPTH))
+def name(condition: str, depth: int) -> str:
+  return f"{condition}/depth{depth}"
 
 
-def conditions(config) -> list[str]:
-  return config_lib.parse_list(config, "conditions", str,
-                    "distinct comma-separated names from " + ", ".join(CONDITIONS),
-                    lambda v: v in CONDITIONS)
+def conditions(c) -> dict[str, dict]:
+  return {name(k, d): {"model.n_layers": d, "model.residual": CONDITIONS[k][0],
+                       "model.residual_scale": CONDITIONS[k][1](d)}
+          for d in sorted(c.depths) for k in c.conditions}
 
 
-def condition_config(config, condition: str, depth: int) -> ml_collections.ConfigDict:
-  """The config one program measures: ``depth`` blocks under ``condition``."""
-  c = ml_collections.ConfigDict(config.to_dict())
-  residual, scale = CONDITIONS[condition]
-  c.model.n_layers = depth
-  c.model.residual = residual
-  c.model.residual_scale = scale(depth)
-  return c
+def validate(c) -> None:
+  config_lib.require(c.steps == 0, "steps", c.steps,
+                     "0 (this study measures at initialization, without training)")
+  config_lib.validate_common(c, min_steps=0)
+  config_lib.require_at_least(c, ("num_seeds",), 2)
+  config_lib.require_values(c, "depths", lambda v: isinstance(v, int) and 1 <= v <= MAX_DEPTH,
+                            f"distinct integers in 1..{MAX_DEPTH}")
+  config_lib.require_values(c, "conditions", lambda v: v in CONDITIONS,
+                            "distinct names from " + ", ".join(CONDITIONS))
 
 
-def check(config, results_dir) -> None:
-  if config.steps != 0:
-    raise ConfigError(f"config.steps={config.steps!r} is out of range; accepted: 0 "
-                      "(this study measures at initialization, without training)")
-  config_lib.validate_common(ml_collections.ConfigDict({**config.to_dict(), "steps": 1}))
-  config_lib.require_at_least(config, ("num_seeds",), 2)
-  config_lib.validate_selection_task(config.task)
-  config_lib.validate_optim(config.optim)
-  for condition in conditions(config):
-    for depth in depths(config):
-      config_lib.validate_model(condition_config(config, condition, depth).model)
-  results.check_writable(results_dir, EXP)
+def grad_norms(m) -> dict:
+  """Gradient norm of every matrix (not per head: hundreds of keys at depth 16)."""
+  return {f"grad_norm/{k}": metrics.frobenius(g.value)
+          for k, g in metrics.matrices(m.grads).items()}
 
 
-def run(config, results_dir, progress: bool = True) -> pathlib.Path:
-  """Measures every (depth, condition) at initialization, then finishes."""
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-  run_dir = runner.start_run(results_dir, EXP, config, train.seed_mesh(config.num_seeds))
-  writer = results.MetricsWriter(run_dir / "metrics.jsonl")
-  try:
-    for i, depth in enumerate(tqdm(depths(config), disable=not progress,
-                                   desc=f"{config.num_seeds} seeds at init")):
-      trainers = {c: train.make_trainer(condition_config(config, c, depth),
-                                        trainer_class=signal.SignalTrainer)
-                  for c in conditions(config)}
-      if i == 0:
-        results.write_json(run_dir / "task.json",
-                           next(iter(trainers.values())).task.tables())
-      for condition, metrics in signal.measure_at_init_together(trainers).items():
-        writer.write(0, metrics, {"condition": condition, "depth": depth})
-  finally:
-    writer.close()
-  finish(run_dir)
-  return run_dir
+def depths(run) -> list[int]:
+  return sorted(run.config.depths)
 
 
-# ---- analysis from saved rows --------------------------------------------------
-def at_init(rows, key: str, condition: str, depth: int) -> np.ndarray:
+def at_init(run, key: str, condition: str, depth: int) -> np.ndarray:
   """[seeds]: one metric of one (condition, depth)."""
-  return results.metric_table(rows, key, condition=condition, depth=depth)[1][:, 0]
+  return run.initial(key, condition=name(condition, depth))
 
 
-def per_representation(rows, prefix: str, condition: str, depth: int) -> np.ndarray:
+def stream(run, prefix: str, condition: str, depth: int) -> np.ndarray:
   """[seeds, depth + 1]: ``prefix/X0`` ... ``prefix/X<depth>``."""
-  return np.stack([at_init(rows, f"{prefix}/X{l}", condition, depth)
+  return np.stack([at_init(run, f"{prefix}/X{l}", condition, depth)
                    for l in range(depth + 1)], 1)
 
 
-def grad_ratio_per_layer(rows, condition: str, depth: int) -> np.ndarray:
+def last(run, prefix: str, condition: str, depth: int) -> np.ndarray:
+  """[seeds]: ``prefix`` after the last block."""
+  return at_init(run, f"{prefix}/X{depth}", condition, depth)
+
+
+def grad_ratio_per_block(run, condition: str, depth: int) -> np.ndarray:
   """[seeds, depth]: log10(sqrt(|grad W_Q| |grad W_K|) / |grad W_V|) per block."""
   cols = []
   for l in range(depth):
-    g = {n: at_init(rows, f"grad_norm/L{l}/{n}", condition, depth)
+    g = {n: at_init(run, f"grad_norm/L{l}/{n}", condition, depth)
          for n in ("query", "key", "value")}
     cols.append(np.log10(np.sqrt(g["query"] * g["key"]) / g["value"]))
   return np.stack(cols, 1)
 
 
-def grad_ratio(rows, condition: str, depth: int) -> np.ndarray:
-  """[seeds]: the per-block log10 Q/K-to-V gradient ratio, mean over blocks."""
-  return grad_ratio_per_layer(rows, condition, depth).mean(1)
+def grad_ratio(run, condition: str, depth: int) -> np.ndarray:
+  return grad_ratio_per_block(run, condition, depth).mean(1)
 
 
-def grad_norm(rows, name: str, condition: str, depth: int) -> np.ndarray:
+def grad_norm(run, matrix: str, condition: str, depth: int) -> np.ndarray:
   """[seeds]: gradient norm of one matrix kind, mean over blocks."""
-  return np.mean([at_init(rows, f"grad_norm/L{l}/{name}", condition, depth)
+  return np.mean([at_init(run, f"grad_norm/L{l}/{matrix}", condition, depth)
                   for l in range(depth)], 0)
 
 
-def final_rep(rows, prefix: str, condition: str, depth: int) -> np.ndarray:
-  return at_init(rows, f"{prefix}/X{depth}", condition, depth)
-
-
-def evaluate_claims(rows, config) -> list[dict[str, Any]]:
-  ds, conds = depths(config), set(conditions(config))
-  d_max, d_min = max(ds), min(ds)
+def claims(run) -> list[Claim]:
+  ds, have = depths(run), set(run.config.conditions)
+  hi, lo = max(ds), min(ds)
   out = []
-  quote_cont = ("While maintaining continuity with the original token meaning (residual "
-                "connections can compensate if continuity degradation is a concern)")
-  if {"residual", "no_residual"} <= conds:
-    gap = (final_rep(rows, "embed_cos", "residual", d_max)
-           - final_rep(rows, "embed_cos", "no_residual", d_max))
-    out.append(stats.claim(
-        name="residual connections keep a token's representation continuous with its embedding",
-        quote=quote_cont, source=ARTICLE_000,
-        measured=(f"depth {d_max}, at init: mean over tokens of cos(representation after the "
-                  "last block, the token's embedding), with skips minus without (same "
-                  "weights)"),
-        values=gap, verdict=stats.verdict_greater(gap)))
-    rank = (final_rep(rows, "rank_collapse", "residual", d_max)
-            - final_rep(rows, "rank_collapse", "no_residual", d_max))
-    out.append(stats.claim(
-        name="without skips, the tokens collapse toward one vector (rank collapse)",
-        quote="Pure Attention Loses Rank Doubly Exponentially with Depth", source=DONG,
-        measured=(f"depth {d_max}, at init: ||X - 1 xbar^T|| / ||X|| after the last block, "
-                  "with skips minus without"),
-        values=rank, verdict=stats.verdict_greater(rank)))
-
-  if "no_residual" in conds and d_max > d_min:
-    drop = grad_ratio(rows, "no_residual", d_min) - grad_ratio(rows, "no_residual", d_max)
-    out.append(stats.claim(
-        name="as tokens align, the gradients of W_Q and W_K vanish relative to W_V",
-        quote=("testing whether the gradients of W_Q and W_K vanish relative to W_V as "
-               "tokens align"), source=ISSUE_NOCI,
-        measured=(f"no skips, at init: log10(sqrt(|∇W_Q| |∇W_K|) / |∇W_V|), mean over "
-                  f"blocks, at depth {d_min} minus at depth {d_max} (> 0: the Q/K share "
-                  "shrinks with depth)"),
-        values=drop, verdict=stats.verdict_greater(drop)))
-
-  if "scaled_residual" in conds:
-    for other in ("no_residual", "residual"):
-      if other not in conds:
-        continue
-      gain = grad_ratio(rows, "scaled_residual", d_max) - grad_ratio(rows, other, d_max)
-      out.append(stats.claim(
-          name=("1/sqrt(depth) residual scaling keeps W_Q, W_K gradients alive "
-                f"(vs {LABELS[other]})"),
-          quote="with 1/sqrt(depth) residual scaling as the remedy", source=ISSUE_NOCI,
-          measured=(f"depth {d_max}, at init: log10 Q/K-to-V gradient ratio (as above), "
-                    f"scaled residual minus {other}"),
-          values=gain, verdict=stats.verdict_greater(gain)))
-    if "residual" in conds:
-      gap = (final_rep(rows, "embed_cos", "scaled_residual", d_max)
-             - final_rep(rows, "embed_cos", "residual", d_max))
-      out.append(stats.claim(
-          name="1/sqrt(depth) residual scaling keeps more continuity with the embedding",
-          quote=quote_cont, source=ARTICLE_000,
-          measured=(f"depth {d_max}, at init: cos(last representation, token embedding), "
-                    "scaled residual minus unscaled residual"),
-          values=gap, verdict=stats.verdict_greater(gap)))
+  if {"residual", "no_residual"} <= have:
+    out += [Claim(
+        "residual connections keep a token's representation continuous with its embedding",
+        QUOTE_CONTINUITY, "division_of_labor",
+        f"depth {hi}, at init: mean over tokens of cos(representation after the last "
+        "block, the token's embedding), with skips minus without (same weights); smallest "
+        "effect 0.05 of cosine (small against the 0..1 it spans here)",
+        lambda r: last(r, "embed_cos", "residual", hi) - last(r, "embed_cos", "no_residual", hi),
+        stats.Greater(0.0, 0.05)), Claim(
+        "without skips, the tokens collapse toward one vector (rank collapse)",
+        "Pure Attention Loses Rank Doubly Exponentially with Depth", "dong2021",
+        f"depth {hi}, at init: ||X - 1 xbar^T|| / ||X|| after the last block, with skips "
+        "minus without; smallest effect 0.05 (5% of the measure's 0..1 range)",
+        lambda r: (last(r, "rank_collapse", "residual", hi)
+                   - last(r, "rank_collapse", "no_residual", hi)),
+        stats.Greater(0.0, 0.05))]
+  if "no_residual" in have and hi > lo:
+    out.append(Claim(
+        "as tokens align, the gradients of W_Q and W_K vanish relative to W_V",
+        "testing whether the gradients of W_Q and W_K vanish relative to W_V as tokens "
+        "align", "qkvjax",
+        f"after Noci et al. 2022; no skips, at init: log10(sqrt(|∇W_Q| |∇W_K|) / |∇W_V|), "
+        f"mean over blocks, at depth {lo} minus at depth {hi} (> 0: the Q/K share shrinks "
+        "with depth); smallest effect 0.1 (a factor 1.26)",
+        lambda r: grad_ratio(r, "no_residual", lo) - grad_ratio(r, "no_residual", hi),
+        stats.Greater(0.0, 0.1)))
+  if "scaled_residual" in have:
+    for other in [c for c in ("no_residual", "residual") if c in have]:
+      out.append(Claim(
+          f"1/sqrt(depth) residual scaling keeps W_Q, W_K gradients alive (vs {LABELS[other]})",
+          "with 1/sqrt(depth) residual scaling as the remedy", "qkvjax",
+          f"after Noci et al. 2022; depth {hi}, at init: log10 Q/K-to-V gradient ratio (as "
+          f"above), scaled residual minus {other}; smallest effect 0.1 (a factor 1.26)",
+          lambda r, o=other: grad_ratio(r, "scaled_residual", hi) - grad_ratio(r, o, hi),
+          stats.Greater(0.0, 0.1)))
+    if "residual" in have:
+      out.append(Claim(
+          "1/sqrt(depth) residual scaling keeps more continuity with the embedding",
+          QUOTE_CONTINUITY, "division_of_labor",
+          f"depth {hi}, at init: cos(last representation, token embedding), scaled "
+          "residual minus unscaled residual; smallest effect 0.05",
+          lambda r: (last(r, "embed_cos", "scaled_residual", hi)
+                     - last(r, "embed_cos", "residual", hi)),
+          stats.Greater(0.0, 0.05)))
   return out
 
 
-def summarize(rows, config) -> dict[str, Any]:
-  ds, conds = depths(config), conditions(config)
-  per_condition = {}
-  for c in conds:
-    for d in ds:
-      entry = {
-          "embed_cos_last": final_rep(rows, "embed_cos", c, d),
-          "embed_cka_last": final_rep(rows, "embed_cka", c, d),
-          "rank_collapse_last": final_rep(rows, "rank_collapse", c, d),
-          "log10_qk_to_v_grad": grad_ratio(rows, c, d),
-          "loss": at_init(rows, "loss", c, d),
-          **{f"grad_norm_{n}": grad_norm(rows, n, c, d)
-             for n in ("query", "key", "value", "out")},
-      }
-      per_condition[f"{c}/depth{d}"] = {k: {**stats.describe(v), "per_seed": v}
-                                        for k, v in entry.items()}
-  return {
-      "num_seeds": int(config.num_seeds),
-      "depths": ds,
-      "conditions": conds,
-      "claims": evaluate_claims(rows, config),
-      "at_init": per_condition,
-  }
-
-
 # ---- figures -------------------------------------------------------------------
-def _note(fig, n: int):
-  fig.text(0.99, -0.01, f"mean ± 1 std over {n} seeds, at initialization", ha="right",
-           va="top", fontsize=7, color="0.4")
-
-
-def _by_depth_axes(ax, ds):
+def _by_depth(ax, ds):
   ax.set_xscale("log", base=2)
   ax.set_xticks(ds, [str(d) for d in ds])
   ax.set_xlabel("depth (blocks)")
 
 
-def profile_figure(rows, config, prefix: str, ylabel: str, title: str):
-  """Left: ``prefix`` along the stream at the largest depth; right: after the
-  last block, against depth."""
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  ds, conds = depths(config), conditions(config)
-  d_max = max(ds)
+def _two_panels(run, along, after, ylabel: str, left: tuple[str, str], right_title: str,
+                title: str, zero: bool = False):
+  """Left: ``along(c, depth)`` [seeds, n] at the largest depth (``left``: its
+  x label and title); right: ``after(c, depth)`` [seeds] against depth; one
+  band per condition."""
+  ds = depths(run)
   fig, axes = plt.subplots(1, 2, figsize=(7.0, 2.8), sharey=True)
-  for c in conds:
-    plotting.band(axes[0], np.arange(d_max + 1), per_representation(rows, prefix, c, d_max),
+  n = 0
+  for c in run.config.conditions:
+    profile = along(c, ds[-1])
+    n = plotting.band(axes[0], np.arange(profile.shape[1]), profile, COLORS[c], LABELS[c])
+    plotting.band(axes[1], np.array(ds), np.stack([after(c, d) for d in ds], 1),
                   COLORS[c], LABELS[c])
-    plotting.band(axes[1], np.array(ds), np.stack([final_rep(rows, prefix, c, d)
-                                                   for d in ds], 1), COLORS[c], LABELS[c])
-  axes[0].set_xlabel(f"blocks applied (depth-{d_max} model; 0 = input)")
-  axes[0].set_ylabel(ylabel)
-  axes[0].set_title(f"along the stream, depth {d_max}")
-  axes[1].set_title("after the last block")
-  _by_depth_axes(axes[1], ds)
+  if zero:
+    for ax in axes:
+      ax.axhline(0, color="0.5", ls=":", lw=1)
+  axes[0].set(xlabel=left[0].format(ds[-1]), ylabel=ylabel, title=left[1].format(ds[-1]))
+  axes[1].set_title(right_title)
+  _by_depth(axes[1], ds)
   axes[0].legend(frameon=False)
   fig.suptitle(title, y=1.02)
-  _note(fig, config.num_seeds)
+  plotting.seed_note(fig, n, "at initialization")
   return fig
 
 
-def grad_ratio_figure(rows, config):
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  ds, conds = depths(config), conditions(config)
-  d_max = max(ds)
-  fig, axes = plt.subplots(1, 2, figsize=(7.0, 2.8), sharey=True)
-  for c in conds:
-    plotting.band(axes[0], np.arange(d_max), grad_ratio_per_layer(rows, c, d_max),
-                  COLORS[c], LABELS[c])
-    plotting.band(axes[1], np.array(ds), np.stack([grad_ratio(rows, c, d) for d in ds], 1),
-                  COLORS[c], LABELS[c])
-  for ax in axes:
-    ax.axhline(0, color="0.5", ls=":", lw=1)
-  axes[0].set_xlabel(f"block (depth-{d_max} model)")
-  axes[0].set_ylabel("log10 √(‖∇W_Q‖‖∇W_K‖) / ‖∇W_V‖")
-  axes[0].set_title(f"per block, depth {d_max}")
-  axes[1].set_title("mean over blocks")
-  _by_depth_axes(axes[1], ds)
-  axes[0].legend(frameon=False)
-  fig.suptitle("Do W_Q and W_K gradients vanish relative to W_V as tokens align?", y=1.02)
-  _note(fig, config.num_seeds)
-  return fig
+def profile_figure(prefix: str, ylabel: str, title: str):
+  return lambda run: _two_panels(
+      run, lambda c, d: stream(run, prefix, c, d), lambda c, d: last(run, prefix, c, d),
+      ylabel, ("blocks applied (depth-{} model; 0 = input)", "along the stream, depth {}"),
+      "after the last block", title)
 
 
-def grad_norms_figure(rows, config):
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  ds, conds = depths(config), conditions(config)
+def grad_ratio_figure(run):
+  return _two_panels(
+      run, lambda c, d: grad_ratio_per_block(run, c, d), lambda c, d: grad_ratio(run, c, d),
+      "log10 √(‖∇W_Q‖‖∇W_K‖) / ‖∇W_V‖", ("block (depth-{} model)", "per block, depth {}"),
+      "mean over blocks",
+      "Do W_Q and W_K gradients vanish relative to W_V as tokens align?", zero=True)
+
+
+def grad_norms_figure(run):
+  ds, conds = depths(run), list(run.config.conditions)
   fig, axes = plt.subplots(1, len(conds), figsize=(3.2 * len(conds), 2.7), squeeze=False,
                            sharey=True)
+  n = 0
   for ax, c in zip(axes[0], conds):
-    for name in ("query", "key", "value", "out"):
-      plotting.band(ax, np.array(ds), np.stack([grad_norm(rows, name, c, d) for d in ds], 1),
-                    plotting.MATRIX_COLORS[name], plotting.MATRIX_LABELS[name], log=True)
-    _by_depth_axes(ax, ds)
+    for m in ("query", "key", "value", "out"):
+      n = plotting.band(ax, np.array(ds), np.stack([grad_norm(run, m, c, d) for d in ds], 1),
+                        plotting.MATRIX_COLORS[m], plotting.MATRIX_LABELS[m], log=True)
+    _by_depth(ax, ds)
     ax.set_title(LABELS[c])
   axes[0][0].set_ylabel("gradient norm (mean over blocks)")
   axes[0][-1].legend(frameon=False)
   fig.suptitle("Per-matrix gradient norms at initialization against depth", y=1.02)
-  _note(fig, config.num_seeds)
+  plotting.seed_note(fig, n, "at initialization")
   return fig
 
 
-def write_report(run_dir, saved, summary, figures, config) -> None:
-  m = config.model
-  ds, conds = depths(config), conditions(config)
-  lines = [
-      "# qkvjax: residual connections, continuity with the embedding, and rank collapse",
-      "",
-      f"Run `{run_dir.name}`: {config.num_seeds} seeds at initialization (no training), "
-      f"depths {ds}, conditions {conds}; blocks of {m.n_heads} heads × d_head {m.d_head}, "
-      f"d_model {m.d_model}, pre-LayerNorm, {'with' if m.mlp else 'no'} MLP, "
-      f"{'causal' if m.causal else 'bidirectional'}; batch {config.batch_size} sequences "
-      f"of {config.task.n_slots + 1} tokens of the selection task; backend "
-      f"{saved['backend']} ({saved['device_kind']}), jax {saved['versions']['jax']}, "
-      f"commit {saved['git_commit']}.",
-      "",
-      "Conditions: `residual` x + f(LN(x)); `no_residual` f(LN(x)); `scaled_residual` "
-      "x + f(LN(x))/√depth. For each depth the conditions share weights and batches "
-      "(same seed keys), so differences are paired per seed. Continuity: mean over tokens "
-      "of the cosine between the representation and the token's own embedding. Rank "
-      "collapse: ||X − 1x̄ᵀ||_F / ||X||_F per sequence (0: all tokens identical). "
-      "Gradients: of the selection-task loss, per matrix. Effects: mean ± std across seeds "
-      "and the 95% bootstrap CI of the mean (expanded percentile); *supported* when the "
-      "CI lies on the claimed side, *not supported* when on the other, *inconclusive* "
-      "otherwise.",
-      "",
+def figures(run) -> list[Figure]:
+  return [
+      Figure("Continuity with the token embedding", "continuity", profile_figure(
+          "embed_cos", "cos(representation, token embedding)",
+          "Does a token stay continuous with its embedding?")),
+      Figure("Rank collapse", "rank_collapse", profile_figure(
+          "rank_collapse", "||X − 1x̄ᵀ|| / ||X||", "Do the tokens collapse to one vector?")),
+      Figure("Q/K-to-V gradient ratio", "grad_ratio", grad_ratio_figure),
+      Figure("Per-matrix gradient norms against depth", "grad_norms_vs_depth",
+             grad_norms_figure),
+  ]
+
+
+def summary(run) -> dict:
+  """Per condition and depth: the values the claims and the table read."""
+  out = {}
+  for c in run.config.conditions:
+    for d in depths(run):
+      entry = {"embed_cos_last": last(run, "embed_cos", c, d),
+               "embed_cka_last": last(run, "embed_cka", c, d),
+               "rank_collapse_last": last(run, "rank_collapse", c, d),
+               "log10_qk_to_v_grad": grad_ratio(run, c, d),
+               "loss": at_init(run, "loss", c, d),
+               **{f"grad_norm_{m}": grad_norm(run, m, c, d)
+                  for m in ("query", "key", "value", "out")}}
+      out[name(c, d)] = {k: {**stats.describe(v), "per_seed": v} for k, v in entry.items()}
+  return {"depths": depths(run), "at_init": out}
+
+
+def sections(run, summ) -> list[str]:
+  lines = ["## At initialization, per condition and depth", "",
+           "| condition | depth | cos(last rep., embedding) | rank collapse (last rep.) | "
+           "log10 Q/K-to-V grad ratio | seeds |", "|---|---|---|---|---|---|"]
+  for c in run.config.conditions:
+    for d in depths(run):
+      e = summ["at_init"][name(c, d)]
+      lines.append(f"| {c} | {d} | {report.effect_cell(e['embed_cos_last'])} | "
+                   f"{report.effect_cell(e['rank_collapse_last'])} | "
+                   f"{report.effect_cell(e['log10_qk_to_v_grad'])} | "
+                   f"{e['embed_cos_last']['n']} |")
+  return lines + [""]
+
+
+def describe(run) -> str:
+  c, m = run.config, run.config.model
+  return (
+      f"At initialization only (no training): depths {depths(run)}; blocks of "
+      f"{m.n_heads} heads × d_head {m.d_head}, d_model {m.d_model}, pre-LayerNorm, "
+      f"{'with' if m.mlp else 'no'} MLP, {'causal' if m.causal else 'bidirectional'}; "
+      f"batch {c.batch_size} sequences of {c.task.n_slots + 1} tokens of the selection "
+      "task. Conditions: `residual` x + f(LN(x)); `no_residual` f(LN(x)); "
+      "`scaled_residual` x + f(LN(x))/√depth. For each depth the conditions share "
+      "weights and batches (same seed keys), so differences are paired per seed. "
+      "Continuity: mean over tokens of the cosine between the representation and the "
+      "token's own embedding. Rank collapse: ||X − 1x̄ᵀ||_F / ||X||_F per sequence (0: "
+      "all tokens identical). Gradients: of the selection-task loss, per matrix.\n\n"
       "Scope: everything here is at initialization, where the articles' claims are about "
       "trained models; it shows what the architecture does to a token before any "
       "learning. Without skips, once the tokens have collapsed (rank-collapse measure "
       "~1e-7) the W_Q and W_K gradients sit at float32 round-off: their exact value is 0 "
       "(all scores in a row are equal, so the softmax does not depend on W_Q or W_K), so "
-      "the size of the log10 ratio there reflects the precision, not a rate.",
-      "",
-      "## Claims", "",
-  ] + report.claims_table(summary["claims"]) + ["", "## Quotes tested", ""]
-  lines += report.quote_lines(summary["claims"])
-  lines += ["", "## Figures", ""]
-  lines += report.figure_lines(figures)
-  lines += ["## At initialization, per condition and depth", "",
-            "| condition | depth | cos(last rep., embedding) | rank collapse (last rep.) | "
-            "log10 Q/K-to-V grad ratio | seeds |", "|---|---|---|---|---|---|"]
-  for c in conds:
-    for d in ds:
-      e = summary["at_init"][f"{c}/depth{d}"]
-      lines.append(f"| {c} | {d} | {report.effect_cell(e['embed_cos_last'])} | "
-                   f"{report.effect_cell(e['rank_collapse_last'])} | "
-                   f"{report.effect_cell(e['log10_qk_to_v_grad'])} | "
-                   f"{e['embed_cos_last']['n']} |")
-  lines += report.redraw_lines(run_dir)
-  results.write_atomic(run_dir / "report.md", "\n".join(lines))
+      "the size of the log10 ratio there reflects the precision, not a rate.")
 
 
-def finish(run_dir: pathlib.Path) -> None:
-  """Summary, figures and report from the saved files alone."""
-  run_dir = pathlib.Path(run_dir)
-  saved, config, rows = results.load_run(run_dir)
-  summary = summarize(rows, config)
-  results.write_json(run_dir / "summary.json", summary)
-  figures = {
-      "Continuity with the token embedding":
-          plotting.save(profile_figure(rows, config, "embed_cos",
-                                       "cos(representation, token embedding)",
-                                       "Does a token stay continuous with its embedding?"),
-                        run_dir, "continuity"),
-      "Rank collapse":
-          plotting.save(profile_figure(rows, config, "rank_collapse",
-                                       "||X − 1x̄ᵀ|| / ||X||",
-                                       "Do the tokens collapse to one vector?"),
-                        run_dir, "rank_collapse"),
-      "Q/K-to-V gradient ratio":
-          plotting.save(grad_ratio_figure(rows, config), run_dir, "grad_ratio"),
-      "Per-matrix gradient norms against depth":
-          plotting.save(grad_norms_figure(rows, config), run_dir, "grad_norms_vs_depth"),
-  }
-  write_report(run_dir, saved, summary, figures, config)
+STUDY = study.Study(
+    name="residual",
+    title="qkvjax: residual connections, continuity with the embedding, and rank collapse",
+    task="selection", conditions=conditions,
+    metrics=(metrics.attention_signal, metrics.representation_metrics, grad_norms),
+    claims=claims, figures=figures, describe=describe, validate=validate,
+    compile_options={"init": FAST_COMPILE, "measure": FAST_COMPILE},
+    sections=sections, summary=summary)
