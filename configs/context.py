@@ -6,6 +6,8 @@ company) whose sense is set by the words around it.
 
 import ml_collections
 
+from qkvjax.config import model_config, optim_config
+
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -29,30 +31,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.probe.spread_margin = 0.01  # "differ between contexts": relative spread above this
   c.probe.acc_margin = 0.05     # "sense recoverable": held-out accuracy above 0.5 + this
 
-  c.model = ml_collections.ConfigDict()
-  c.model.d_model = 64
-  c.model.n_heads = 4
-  c.model.d_head = 16
-  c.model.n_layers = 3        # layer 1 against later layers: needs >= 2
-  c.model.mlp = True
-  c.model.d_mlp = 128
-  c.model.causal = True
-  c.model.residual = True
-  c.model.residual_scale = 1.0
-  c.model.tie = "none"
-  c.model.value_proj = True
-  c.model.qk_norm = False
-  c.model.qkv_init = "lecun_normal"
-  c.model.qkv_init_scale = 1.0
-  c.model.attn_scale = "inv_sqrt_dk"
-
-  c.optim = ml_collections.ConfigDict()
-  c.optim.optimizer = "adamw"
-  c.optim.learning_rate = 1e-3
-  c.optim.b1 = 0.9
-  c.optim.b2 = 0.999
-  c.optim.weight_decay = 0.0
-  c.optim.momentum = 0.9
-  c.optim.warmup_steps = 0
-  c.optim.grad_clip = 0.0
+  c.model = model_config(n_layers=3)  # layer 1 against later layers: needs >= 2
+  c.optim = optim_config()            # AdamW, lr 1e-3
   return c

