@@ -21,7 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.log_every = 50      # steps between logging points (metrics at step 0 too)
   c.batch_size = 64
 
-  c.n_heads_list = "1,2,4,8"   # comma-separated head counts, one condition each
+  c.n_heads_list = (1, 2, 4, 8)  # head counts, one condition (program) each
   # "total": n_heads * d_head fixed at model.d_model (d_head = d_model / n_heads);
   # "per_head": d_head fixed at model.d_head (attention width grows with n_heads).
   c.head_budget = "total"

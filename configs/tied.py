@@ -20,15 +20,16 @@ def get_config() -> ml_collections.ConfigDict:
   c.log_every = 25      # steps between logging points (metrics at step 0 too)
   c.batch_size = 64
 
-  # Comma-separated. Conditions: none (separate W_Q, W_K, W_V), qk (W_K = W_Q),
-  # qkv (W_Q = W_K = W_V), no_value (V = the layer input; needs
-  # n_heads * d_head == d_model). Tasks: selection (asymmetric), match (symmetric).
-  c.conditions = "none,qk,qkv,no_value"
-  c.tasks = "selection,match"
+  # Conditions: none (separate W_Q, W_K, W_V), qk (W_K = W_Q), qkv
+  # (W_Q = W_K = W_V), no_value (V = the layer input; needs
+  # n_heads * d_head == d_model). Tasks: selection (asymmetric), match
+  # (symmetric). Every (task, condition) pair is one condition of the run.
+  c.conditions = ("none", "qk", "qkv", "no_value")
+  c.tasks = ("selection", "match")
   c.threshold = 0.9          # accuracy on the eval batch that counts as "reached"
   c.eval_batch_size = 256    # one fixed batch, drawn from its own key
-  # A cost counts (verdict "supported") when its 95% CI lies above the margin,
-  # "not supported" when it lies below it.
+  # Smallest costs of interest: a tied condition's cost whose 95% CI lies above
+  # 0 but wholly below its margin is "negligible".
   c.acc_margin = 0.02        # final accuracy lost
   c.speed_margin = 0.25      # log2 of the steps-to-threshold ratio (x1.19 slower)
 

@@ -8,12 +8,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from experiments import run as run_cli
 from qkvjax import config as config_lib
-from qkvjax import model as model_lib
-from qkvjax import relation_tasks
+from qkvjax import models
+from qkvjax import study
 from qkvjax.studies import heads
+from qkvjax.tasks import relations
 from tests.conftest import tiny_config
 
 TINY = ["--config.num_seeds=2", "--config.steps=4", "--config.log_every=2",
@@ -27,7 +29,7 @@ TINY = ["--config.num_seeds=2", "--config.steps=4", "--config.log_every=2",
 def _task():
   cfg = tiny_config()
   cfg.task.n_adverbs, cfg.task.n_manners = 5, 3
-  return relation_tasks.make_two_relation_task(cfg.task, seed=2)
+  return relations.make_two_relation_task(cfg.task, seed=2)
 
 
 def test_two_relation_task_ground_truth():
@@ -51,18 +53,34 @@ def test_two_relation_task_ground_truth():
   assert tables["manner_majority_accuracy"] == pytest.approx(0.4)
 
 
+def test_loss_sums_the_relations_each_over_its_own_answers():
+  task = _task()
+  batch = task.sample(jax.random.PRNGKey(0), 8)
+  logits_BxTxV = jax.random.normal(jax.random.PRNGKey(1), (8, task.seq_len, task.vocab_size))
+  loss, metrics = task.loss(logits_BxTxV, batch)
+  assert float(loss) == pytest.approx(float(metrics["loss/select"] + metrics["loss/prev"]))
+  # Raising a non-answer token changes neither relation's loss.
+  other = np.setdiff1d(np.arange(task.vocab_size),
+                       np.concatenate([task.output_ids("select"), task.output_ids("prev")]))
+  bumped, _ = task.loss(logits_BxTxV.at[:, -1, other].add(5.0), batch)
+  assert float(bumped) == pytest.approx(float(loss), rel=1e-6)
+
+
 def test_ablating_a_head_removes_exactly_its_output():
   cfg = tiny_config(**{"model.n_layers": 1, "model.mlp": False})
-  params = model_lib.init_params(jax.random.PRNGKey(0), cfg.model, 12, 5)
+  model = models.Transformer(cfg.model, 12, 5, rngs=nnx.Rngs(params=jax.random.PRNGKey(0)))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   tokens = jax.random.randint(jax.random.PRNGKey(1), (3, 5), 0, 12)
-  _, full = model_lib.forward(params, tokens, cfg.model)
-  _, ablated = model_lib.forward(heads.ablate_head(params, 0, 1), tokens, cfg.model)
-  lt = full.layers[0]
-  head_out_BxTxM = jnp.einsum("bts,bsd,dm->btm", lt.attn_weights_BxHxTxT[:, 1],
-                              lt.value_BxTxHxD[:, :, 1], params["layers"][0]["out"][1])
-  np.testing.assert_allclose(ablated.final_resid_BxTxM,
-                             full.final_resid_BxTxM - head_out_BxTxM, atol=1e-5)
-  assert float(jnp.abs(params["layers"][0]["out"][1]).sum()) > 0  # params untouched
+  _, full = models.apply(model, tokens)
+  ablated_params = heads.ablate_head(params, "L0", 1)
+  _, ablated = models.apply(nnx.merge(graphdef, ablated_params, rest), tokens)
+  tr, w_o = full.attention["L0"], params["layers"][0]["attn"]["out"][...]
+  head_out_BxTxM = jnp.einsum("bts,bsd,dm->btm", tr.weights_BxHxTxS[:, 1],
+                              tr.value_BxSxHxD[:, :, 1], w_o[1])
+  np.testing.assert_allclose(ablated.values["final_resid"],
+                             full.values["final_resid"] - head_out_BxTxM, atol=1e-5)
+  assert float(jnp.abs(w_o[1]).sum()) > 0  # params untouched
+  assert float(jnp.abs(ablated_params["layers"][0]["attn"]["out"][...][0] - w_o[0]).sum()) == 0
 
 
 def test_separation_index_closed_forms():
@@ -81,25 +99,36 @@ def test_separation_index_closed_forms():
       "1 select, 1 prev", "2 both"]
 
 
+def test_conditions_follow_the_head_budget():
+  cfg = config_lib.load_config("heads")
+  assert heads.conditions(cfg)["4 heads"] == {"model.n_heads": 4, "model.d_head": 8}
+  assert heads.conditions(cfg)["1 head"] == {"model.n_heads": 1, "model.d_head": 32}
+  cfg.head_budget = "per_head"
+  assert heads.conditions(cfg)["8 heads"] == {"model.n_heads": 8}
+
+
 @pytest.mark.parametrize("override,expected", [
-    ({"n_heads_list": "1,x"}, "config.n_heads_list='1,x' is out of range"),
-    ({"n_heads_list": "3"}, "do not divide config.model.d_model=32"),
+    ({"n_heads_list": (1, 0)}, "config.n_heads_list=(1, 0) is out of range"),
+    ({"n_heads_list": (3,)}, "divisors of config.model.d_model=32"),
     ({"head_budget": "fixed"}, "config.head_budget='fixed' is out of range"),
     ({"model.n_heads": 4}, "set per condition by this study"),
     ({"separation_threshold": 1.0}, "config.separation_threshold=1.0 is out of range"),
     ({"task.n_manners": 0}, "config.task.n_manners=0 is out of range"),
+    ({"eval_batch_size": 0}, "config.eval_batch_size=0 is out of range"),
 ])
 def test_bad_config_is_a_one_line_config_error(tmp_path, override, expected):
-  cfg = config_lib.load_config("heads")
-  for path, value in override.items():
-    node = cfg
-    *parents, leaf = path.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  with pytest.raises(config_lib.ConfigError, match=expected) as err:
-    heads.check(cfg, tmp_path / "results")
+  cfg = config_lib.apply_overrides(config_lib.load_config("heads"), override)
+  with pytest.raises(config_lib.ConfigError, match=expected.replace("(", r"\(").replace(
+      ")", r"\)")) as err:
+    study.check(heads.STUDY, cfg, tmp_path / "results")
   assert "\n" not in str(err.value) and not (tmp_path / "results").exists()
+
+
+def test_bad_head_list_on_the_command_line_exits_2(tmp_path, capsys):
+  argv = ["run", "--exp=heads", f"--results_dir={tmp_path}", "--config.n_heads_list=1,x"]
+  assert run_cli.main(argv) == 2
+  assert "--config.n_heads_list='x' is not an integer" in capsys.readouterr().err
+  assert not (tmp_path / "heads").exists()
 
 
 def test_end_to_end_tiny_run_writes_every_file_and_redraws(tmp_path):
@@ -111,14 +140,15 @@ def test_end_to_end_tiny_run_writes_every_file_and_redraws(tmp_path):
       f"{f}.{e}" for f in figures for e in ("png", "pdf")]:
     assert (run_dir / name).stat().st_size > 0, name
   rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
-  two = [r for r in rows if r["n_heads"] == 2]
+  assert {r["condition"] for r in rows} == {"2 heads"}
   assert {"share/select/L0/H1", "share/prev/L0/H1", "ablation/select/L0/H1",
-          "ablation/prev/L0/H1"} <= set(two[0])
+          "ablation/prev/L0/H1", "eval_accuracy/select", "eval_loss/prev"} <= set(rows[0])
   summary = json.loads((run_dir / "summary.json").read_text())
-  assert summary["conditions"]["2"]["d_head"] == 8  # n_heads * d_head = d_model
-  assert np.asarray(summary["conditions"]["2"]["share_SxKxR"]).shape == (2, 2, 2)
+  two = summary["heads"]["2 heads"]
+  assert two["d_head"] == 8  # n_heads * d_head = d_model
+  assert np.asarray(two["share_SxKxR"]).shape == (2, 2, 2)
   for claim in summary["claims"]:
-    assert claim["verdict"] in ("supported", "not supported", "inconclusive")
+    assert claim["verdict"] in ("supported", "not supported", "inconclusive", "negligible")
     assert len(claim["per_seed"]) == 2
   assert "| claim |" in (run_dir / "report.md").read_text()
 
