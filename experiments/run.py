@@ -79,7 +79,6 @@ def _grid(exp, config, sweeps, study):
 
 def main(argv: list[str]) -> int:
   from qkvjax import config as config_lib  # pylint: disable=g-import-not-at-top
-  from qkvjax import interrupts  # pylint: disable=g-import-not-at-top
   from qkvjax import results  # pylint: disable=g-import-not-at-top
   try:
     rest, overrides = config_lib.split_override_args(argv)
@@ -139,8 +138,7 @@ def main(argv: list[str]) -> int:
   except results.RunError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
-  except KeyboardInterrupt:  # in-process (tests): the signal watcher is not installed
-    interrupts.notify("SIGINT")
+  except KeyboardInterrupt:  # in-process (tests): the runner has marked the run
     return 130
   return _report(out)
 

@@ -91,9 +91,13 @@ def incomplete_note(fig, run: results.Run) -> None:
 
 def per_site_matrices(run: results.Run, prefix: str, sites: Sequence[str],
                       names: Sequence[str], ylabel: str, title: str, log: bool = False,
-                      **where):
-  """One panel per attention site: ``prefix/<site>/<matrix>`` over training,
-  one band per matrix."""
+                      colors: dict | None = None, labels: dict | None = None,
+                      titles: dict | None = None, hline: float | None = None,
+                      ylim=None, **where):
+  """One panel per attention site: ``prefix/<site>/<name>`` over training, one
+  band per name (a matrix's colour and label unless ``colors``/``labels``
+  say otherwise); ``hline`` draws a dotted reference level."""
+  colors, labels = {**MATRIX_COLORS, **(colors or {})}, {**MATRIX_LABELS, **(labels or {})}
   fig, axes = plt.subplots(1, len(sites), figsize=(3.2 * len(sites), 2.6), squeeze=False,
                            sharey=True)
   n = 0
@@ -103,14 +107,111 @@ def per_site_matrices(run: results.Run, prefix: str, sites: Sequence[str],
       if not run.has(key, **where):
         continue  # a tied or absent projection
       steps, vals = run.table(key, **where)
-      n = band(ax, steps, vals, MATRIX_COLORS.get(name), MATRIX_LABELS.get(name, name),
-               log=log)
-    ax.set_title(site)
-    ax.set_xlabel("step")
+      n = max(n, band(ax, steps, vals, colors.get(name), labels.get(name, name), log=log))
+    if hline is not None:
+      ax.axhline(hline, color="0.5", ls=":", lw=1)
+    ax.set(title=(titles or {}).get(site, site), xlabel="step")
+    if ylim is not None:
+      ax.set_ylim(*ylim)
   axes[0][0].set_ylabel(ylabel)
   axes[0][-1].legend(frameon=False)
   fig.suptitle(title, y=1.02)
   seed_note(fig, n)
+  return fig
+
+
+def spectra_figure(run: results.Run, sites: Sequence[str], titles: dict | None = None,
+                   **where):
+  """Singular values of W_Q, W_K, W_V per site: dashed at step 0, solid at the end."""
+  fig, axes = plt.subplots(1, len(sites), figsize=(3.2 * len(sites), 2.6), squeeze=False,
+                           sharey=True)
+  n = 0
+  for ax, site in zip(axes[0], sites):
+    for name in QKV:
+      for index, ls, suffix in ((0, "--", " init"), (-1, "-", " end")):
+        s = run.spectrum(f"{site}/{name}", index, **where)
+        n = max(n, band(ax, np.arange(1, s.shape[1] + 1), s, MATRIX_COLORS[name],
+                        MATRIX_LABELS[name] + suffix, log=True))
+        ax.lines[-1].set_linestyle(ls)
+    ax.set(title=(titles or {}).get(site, site), xlabel="singular value index")
+  axes[0][0].set_ylabel("singular value")
+  axes[0][-1].legend(frameon=False, fontsize=7, ncol=2)
+  fig.suptitle("Spectra of $W_Q, W_K, W_V$: dashed at init, solid at the end", y=1.02)
+  seed_note(fig, n)
+  return fig
+
+
+def band_grid(run: results.Run, panels, groups: dict[str, dict[str, str]],
+              colors: dict[str, str], labels: dict[str, str] | None = None,
+              height: float = 2.2, width: float = 4.0, log: bool = False):
+  """Rows: ``panels`` [(y label, metric key or function condition -> [seeds,
+  steps])]; columns: ``groups`` {title: {series: condition}}; one band per
+  series, coloured ``colors[series]``. Returns the figure (axes in
+  ``fig.axes``, row-major)."""
+  fig, axes = plt.subplots(len(panels), len(groups), squeeze=False, sharex="col",
+                           figsize=(width * len(groups), height * len(panels)))
+  n = 0
+  for j, (title, series) in enumerate(groups.items()):
+    axes[0][j].set_title(title)
+    for i, (ylabel, what) in enumerate(panels):
+      for name, cond in series.items():
+        steps = run.table("loss", condition=cond)[0]
+        vals = run.table(what, condition=cond)[1] if isinstance(what, str) else what(cond)
+        n = max(n, band(axes[i][j], steps, vals, colors[name], (labels or {}).get(name, name),
+                        log=log))
+      axes[i][0].set_ylabel(ylabel)
+    axes[-1][j].set_xlabel("step")
+  axes[0][-1].legend(frameon=False, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+  fig.tight_layout()
+  seed_note(fig, n)
+  return fig
+
+
+def dots_grid(panels, groups: dict[str, dict[str, str]], colors: dict[str, str],
+              labels: dict[str, str] | None = None, censor: float | None = None,
+              height: float = 2.6, width: float = 4.0):
+  """Rows: ``panels`` [(y label, function condition -> [seeds])]; columns:
+  ``groups`` {title: {series: condition}}; per series one dot per seed (hollow
+  at or past ``censor``) and mean ± std."""
+  fig, axes = plt.subplots(len(panels), len(groups), squeeze=False,
+                           figsize=(width * len(groups), height * len(panels)))
+  n = 0
+  for j, (title, series) in enumerate(groups.items()):
+    axes[0][j].set_title(title)
+    for i, (ylabel, fn) in enumerate(panels):
+      values = {name: fn(cond) for name, cond in series.items()}
+      per_seed_dots(axes[i][j], values, colors, labels, censor if i == 0 else None)
+      n = max([n] + [seeds_counted(v) for v in values.values()])
+      axes[i][0].set_ylabel(ylabel)
+  fig.tight_layout()
+  seed_note(fig, n, "dots: seeds")
+  return fig
+
+
+def seed_heatmaps(matrices: dict[str, np.ndarray], xticks: Sequence[str], title: str,
+                  cmap: str = "Blues", vmax: float | None = None):
+  """Rows: conditions; columns: seeds; each cell a [rows, columns] heatmap of
+  one seed (``matrices[condition]`` is [seeds, rows, columns])."""
+  conds = list(matrices)
+  seeds = max(m.shape[0] for m in matrices.values())
+  heights = [matrices[c].shape[1] + 2 for c in conds]
+  fig, axes = plt.subplots(len(conds), seeds + 1, squeeze=False, figsize=(
+      1.0 * seeds + 1.2, 0.32 * sum(heights) + 0.8), gridspec_kw={
+          "height_ratios": heights, "width_ratios": [1] * seeds + [0.15]})
+  for i, cond in enumerate(conds):
+    m = matrices[cond]
+    top = vmax if vmax is not None else max(float(np.nanmax(m)), 1e-6)
+    for s, ax in enumerate(axes[i][:-1]):
+      im = ax.imshow(m[s], cmap=cmap, vmin=0, vmax=top, aspect="auto")
+      ax.set_xticks(range(len(xticks)), xticks if i == len(conds) - 1 else [""] * len(xticks),
+                    fontsize=6)
+      ax.set_yticks(range(m.shape[1]), [f"H{j}" if s == 0 else "" for j in range(m.shape[1])],
+                    fontsize=5)
+      ax.set_title(f"seed {s}" if i == 0 else "", fontsize=7)
+      ax.set_ylabel(cond if s == 0 else "", fontsize=7)
+    fig.colorbar(im, cax=axes[i][-1]).ax.tick_params(labelsize=5)
+  fig.suptitle(title, fontsize=8, y=1.0)
+  fig.text(0.99, 0.0, f"one panel per seed, {seeds} seeds", ha="right", fontsize=7, color="0.4")
   return fig
 
 
@@ -166,5 +267,29 @@ def attention_sample_figure(sample: dict, vocab: Sequence[str], target_key: str 
     attention_maps(sample["sites"][site]["weights"], tokens, tokens, row,
                    [f"{site} H{h}" for h in range(n_heads)], box)
   fig.suptitle(title + "\nrows: query position, columns: key position", fontsize=8, y=1.02)
+  fig.tight_layout()
+  return fig
+
+
+def sample_grid(samples: dict, rows: dict[str, dict[str, str]], vocab: dict[str, Sequence[str]],
+                site: str, what: str = "weights", title: str = ""):
+  """One saved sample sequence (``samples.json``) per condition: rows
+  ``{title: {label: condition}}``, a column per (label, head) of attention
+  ``site``; ``what`` is "weights" or (signed) "logits"; the last query's
+  ground-truth key (``target_pos_B``) boxed."""
+  first = samples[next(iter(next(iter(rows.values())).values()))]
+  heads = np.asarray(first["sites"][site][what]).shape[0]
+  cols = max(len(r) for r in rows.values()) * heads
+  fig, axes = plt.subplots(len(rows), cols, squeeze=False,
+                           figsize=(1.9 * cols, 2.7 * len(rows) + 0.5))
+  for i, (row_title, series) in enumerate(rows.items()):
+    for j, (label, cond) in enumerate(series.items()):
+      s = samples[cond]
+      tokens = [vocab[cond][x] for x in s["inputs"][0]]
+      attention_maps(s["sites"][site][what], tokens, tokens, axes[i][j * heads:(j + 1) * heads],
+                     [f"{row_title}\n{label}, head {h}" for h in range(heads)],
+                     (len(tokens) - 1, s["ground_truth"]["target_pos_B"]),
+                     signed=what == "logits")
+  fig.suptitle(title, fontsize=8, y=1.0)
   fig.tight_layout()
   return fig

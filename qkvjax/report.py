@@ -12,8 +12,9 @@ HOW_TO_READ = (
     "of the mean (Hesterberg 2015). **verdict**: *supported* when the CI lies on the "
     "claimed side of the threshold (or, for an equivalence, inside the margin), *not "
     "supported* when it lies on the other side (outside), *inconclusive* when it "
-    "straddles, *negligible* when it lies on the claimed side but wholly within the "
-    "claim's smallest effect of interest (real, too small to matter). **corrected**: "
+    "straddles, *negligible* when it reaches no further than the claim's smallest effect "
+    "of interest past the threshold, without lying on the other side (an effect, if any, "
+    "too small to matter). **corrected**: "
     "the same verdict only if its p-value (a t-test of that decision) survives "
     "Holm–Bonferroni at 5% across all claims of the table, else *inconclusive*. Read "
     "the corrected column when asking whether any single claim holds given how many "
@@ -52,6 +53,12 @@ def claims_table(claims: list[dict[str, Any]], link=None) -> list[str]:
         f"{cell(c['rule'])} | {pvalue_cell(c['p_value'])} | **{c['verdict']}** | "
         f"**{c['corrected_verdict']}** |")
   return lines
+
+
+def table(headers: list[str], rows: list[list]) -> list[str]:
+  """A markdown table; cells are formatted with ``cell``."""
+  return (["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+          + ["| " + " | ".join(cell(c) for c in r) + " |" for r in rows])
 
 
 def verdict_counts(claims: list[dict[str, Any]], key: str = "verdict") -> dict[str, int]:

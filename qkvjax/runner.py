@@ -337,7 +337,8 @@ def execute(study, units: Sequence[Unit], progress: bool = True, resume: bool = 
   programs = plan(study, [u.config for u in units]) if programs is None else programs
   built = build_tasks(programs) if built is None else built
   target = target or units[0].dir
-  remove = interrupts.on_interrupt(_interrupt_note(units, target))
+  note = _interrupt_note(units, target)
+  remove = interrupts.on_interrupt(note)
   writers: dict[int, results.MetricsWriter] = {}
   sinks: dict[int, list] = {}
   samples: dict[int, dict] = {}
@@ -365,6 +366,9 @@ def execute(study, units: Sequence[Unit], progress: bool = True, resume: bool = 
     for u in units:
       set_status(u.dir, "failed")
     raise
+  except KeyboardInterrupt:  # in-process: the signal watcher is not installed
+    note("SIGINT")
+    raise
   finally:
     bar.close()
     for w in writers.values():
@@ -380,3 +384,52 @@ def execute(study, units: Sequence[Unit], progress: bool = True, resume: bool = 
       results.write_json(u.dir / "samples.json", samples[i])
     set_status(u.dir, "complete")
     study_lib.finish(study, u.dir)
+
+
+# ---- trained parameters, for analysis after a run ---------------------------------------
+def load_run_params(run_dir, step: int | None = None) -> dict[str, Any]:
+  """The trained parameters of a run, per condition: an ``nnx.State`` of the
+  study's Flax model whose leaves have a leading seed axis, from the
+  checkpoint at ``step`` (default: the last). With ``load_run_model`` a
+  finished run's models can be analysed without retraining."""
+  from qkvjax import study as study_lib  # pylint: disable=g-import-not-at-top
+  run_dir = pathlib.Path(run_dir)
+  saved = results.read_json(run_dir / "config.json")
+  study = study_lib.study_of(saved["experiment"])
+  cfg = config_lib.from_saved(saved["experiment"], saved["config"])
+  unit = Unit(run_dir, cfg, {})
+  out = {}
+  for p in plan(study, [cfg]):
+    trainer = train.Trainer(p.config, tasks.make(p.task, p.config), p.points, (),
+                            study.model_fn)
+    have = checkpoints.steps(run_dir, p.unit_conditions(0))
+    at = have[-1] if step is None and have else step
+    if at is None or at not in have:
+      raise config_lib.ConfigError(f"{run_dir} has no checkpoint at step {step!r} for "
+                                   f"{', '.join(p.conditions)}; accepted: one of {have}")
+    state = jax.device_get(_restore(trainer, p, [unit], at))
+    s = p.config.num_seeds
+    for i, m in enumerate(p.members):
+      out[m.condition] = jax.tree.map(lambda x, i=i: x[i * s:(i + 1) * s], state.params)
+  return out
+
+
+def load_run_model(run_dir, condition: str | None = None, seed: int = 0,
+                   step: int | None = None):
+  """One seed's trained model (an ``nnx.Module``) of a run's condition (the
+  only one if the run has one)."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from qkvjax import study as study_lib  # pylint: disable=g-import-not-at-top
+  run_dir = pathlib.Path(run_dir)
+  saved = results.read_json(run_dir / "config.json")
+  study = study_lib.study_of(saved["experiment"])
+  params = load_run_params(run_dir, step)
+  condition = condition or next(iter(params))
+  cfg = config_lib.from_saved(saved["experiment"], saved["config"])
+  task_name, cond_cfg = study_lib.condition_configs(study, cfg)[condition]
+  model = study.model_fn(cond_cfg, tasks.make(task_name, cond_cfg),
+                         nnx.Rngs(params=jax.random.PRNGKey(0)))
+  _, _, rest = nnx.split(model, nnx.Param, ...)
+  graphdef = nnx.split(model, nnx.Param, ...)[0]
+  one = jax.tree.map(lambda x: x[seed], params[condition])
+  return nnx.merge(graphdef, one, rest)

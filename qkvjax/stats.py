@@ -4,8 +4,9 @@ A claim's effect is one value per seed. Its 95% CI is an expanded-percentile
 bootstrap CI of the mean (``bootstrap_ci``). A rule turns the CI into a raw
 verdict: *supported* when the CI lies on the claimed side, *not supported*
 when it lies on the other, *inconclusive* when it straddles; *negligible*
-when the CI lies on the claimed side but wholly within the claim's smallest
-effect of interest (significant, yet too small to matter). Each rule also
+when the CI does not reach past the threshold by the claim's smallest effect
+of interest, yet does not lie on the other side either (an effect, if any,
+too small to matter, whether or not it is significant). Each rule also
 gives a p-value (a t-test of the same decision), so verdicts can be corrected
 for multiple comparisons across all the claims of a run (``holm``): a
 corrected verdict keeps the raw one only when its p-value survives
@@ -96,14 +97,19 @@ class Greater:
   def verdict(self, ci) -> str:
     if ci is None:
       return INCONCLUSIVE
-    if ci[0] > self.threshold:
-      return NEGLIGIBLE if ci[1] < self.threshold + self.smallest else SUPPORTED
     if ci[1] < self.threshold:
       return NOT_SUPPORTED
-    return INCONCLUSIVE
+    if ci[1] < self.threshold + self.smallest:
+      return NEGLIGIBLE
+    return SUPPORTED if ci[0] > self.threshold else INCONCLUSIVE
 
   def pvalue(self, values) -> float:
     return t_pvalue(values, self.threshold)
+
+  def pvalue_negligible(self, values) -> float:
+    """One-sided: the mean is below threshold + smallest (doubled, to match
+    the two-sided 95% interval)."""
+    return min(1.0, 2 * t_pvalue(values, self.threshold + self.smallest, "less"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +128,9 @@ class Less:
 
   def pvalue(self, values) -> float:
     return t_pvalue(values, self.threshold)
+
+  def pvalue_negligible(self, values) -> float:
+    return Greater(-self.threshold, self.smallest).pvalue_negligible(-finite(values))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,6 +180,8 @@ def decision_pvalue(rule: Rule, values, verdict: str) -> float:
     return 1.0
   if isinstance(rule, Equivalent):
     return rule.pvalue(values) if verdict == SUPPORTED else rule.pvalue_outside(values)
+  if verdict == NEGLIGIBLE:
+    return rule.pvalue_negligible(values)
   return rule.pvalue(values)
 
 
@@ -204,6 +215,15 @@ def evaluate(values, rule: Rule) -> dict[str, Any]:
           "verdict": verdict, "p_value": decision_pvalue(rule, values, verdict),
           "per_seed": [None if not np.isfinite(v) else float(v)
                        for v in np.asarray(values, float).ravel()]}
+
+
+def steps_to_threshold(steps_N, values_SxN, threshold: float, censor: float) -> np.ndarray:
+  """Per seed, the first logged step whose value is >= ``threshold``;
+  ``censor`` if never reached, NaN if the seed diverged before reaching it."""
+  values_SxN = np.asarray(values_SxN, float)
+  hit_SxN = values_SxN >= threshold
+  first = np.where(hit_SxN.any(1), np.asarray(steps_N)[np.argmax(hit_SxN, 1)], censor)
+  return np.where(hit_SxN.any(1) | np.isfinite(values_SxN).all(1), first, np.nan)
 
 
 def loglog_slope(x_N, y_SxN) -> np.ndarray:

@@ -132,6 +132,13 @@ def check(study: Study, config, results_dir) -> None:
   results.check_writable(results_dir, study.name)
 
 
+def run_model(trainer: train.Trainer, state: train.TrainState, run: int):
+  """One run's model (an ``nnx.Module``) from a run-stacked state."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  params, rest = (jax.tree.map(lambda x: x[run], s) for s in (state.params, state.model_rest))
+  return nnx.merge(trainer.graphdef, params, rest)
+
+
 def attention_samples(trainer: train.Trainer, state: train.TrainState,
                       conditions: Sequence[str], size: int = 1) -> dict[str, Any]:
   """Per condition, its first non-diverged seed on one fixed sample batch:
@@ -142,14 +149,11 @@ def attention_samples(trainer: train.Trainer, state: train.TrainState,
   inputs = task.model_inputs(batch)
   truth = {f: np.asarray(getattr(batch, f))[0].tolist() for f in batch._fields
            if not any(getattr(batch, f) is x for x in inputs)}
-  forward = jax.jit(lambda p, r: models.apply(nnx_merge(trainer, p, r), *inputs))
   out = {}
   s = cfg.num_seeds
   for i, name in enumerate(conditions):
     run = train.first_finite_run(state, list(range(i * s, (i + 1) * s)))
-    params = jax.tree.map(lambda x: x[run], state.params)  # pylint: disable=cell-var-from-loop
-    rest = jax.tree.map(lambda x: x[run], state.model_rest)  # pylint: disable=cell-var-from-loop
-    logits, captured = forward(params, rest)
+    logits, captured = models.apply(run_model(trainer, state, run), *inputs)
     out[name] = {
         "seed": run - i * s,
         "inputs": [np.asarray(x)[0].tolist() for x in inputs],
@@ -163,6 +167,7 @@ def attention_samples(trainer: train.Trainer, state: train.TrainState,
 
 
 def nnx_merge(trainer: train.Trainer, params, rest):
+  """The model from one run's parameters and other state."""
   from flax import nnx  # pylint: disable=g-import-not-at-top
   return nnx.merge(trainer.graphdef, params, rest)
 
@@ -317,11 +322,18 @@ def summarize(study: Study, run: results.Run) -> dict[str, Any]:
     final[name] = {k: {**stats.describe(run.final(k, **where)),
                        "per_seed": run.final(k, **where)}
                    for k in run.keys(**where) if k not in ("step", "seed")}
+  at_init = {}
+  for name in run.conditions:
+    where = {"condition": name, "phase": "init"}
+    if run.has("loss", **where):
+      at_init[name] = {k: {**stats.describe(run.initial(k, **where)),
+                           "per_seed": run.initial(k, **where)}
+                       for k in run.keys(**where) if k not in ("step", "seed")}
   out = {"experiment": run.experiment, "status": run.saved.get("status", "complete"),
          "num_seeds": run.config.get("num_seeds"), "final_step": steps[-1] if steps else 0,
          "conditions": run.conditions, "diverged_seeds": diverged,
          "partial_logging_points": run.partial, "claims": claims,
-         "final": final}
+         "final": final, **({"at_init": at_init} if at_init else {})}
   if study.summary:
     out.update(study.summary(run))
   return out

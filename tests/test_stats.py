@@ -33,6 +33,8 @@ def test_bootstrap_ci_is_deterministic_and_drops_nans():
     ([-1.0, -1.1, -0.9, -1.05], stats.NOT_SUPPORTED),
     ([1.0, -1.0, 0.5, -0.5], stats.INCONCLUSIVE),
     ([0.010, 0.011, 0.009, 0.0105], stats.NEGLIGIBLE),  # real, below the 0.05 of interest
+    ([-0.01, 0.012, 0.0, 0.005], stats.NEGLIGIBLE),  # straddles 0, yet rules out 0.05
+    ([-0.2, 0.3, 0.1, -0.1], stats.INCONCLUSIVE),  # straddles 0 and reaches 0.05
     ([1.0], stats.INCONCLUSIVE),
 ])
 def test_greater_rule(values, verdict):
@@ -86,3 +88,19 @@ def test_corrected_verdicts_keep_only_what_survives_holm():
 def test_describe_excludes_non_finite_values():
   d = stats.describe([1.0, 3.0, np.nan])
   assert d["n"] == 2 and d["mean"] == 2.0 and d["std"] == pytest.approx(np.sqrt(2))
+
+
+def test_negligible_pvalue_is_the_test_against_the_smallest_effect():
+  rule = stats.Greater(0.0, smallest=0.05)
+  values = [-0.01, 0.012, 0.0, 0.005]
+  entry = stats.evaluate(values, rule)
+  assert entry["verdict"] == stats.NEGLIGIBLE
+  expected = 2 * scipy.stats.ttest_1samp(values, 0.05, alternative="less").pvalue
+  assert entry["p_value"] == pytest.approx(expected)
+
+
+def test_steps_to_threshold_censors_and_drops_diverged_seeds():
+  steps = np.array([0, 10, 20])
+  acc = np.array([[0.1, 0.95, 0.99], [0.1, 0.2, 0.3], [0.1, np.nan, np.nan]])
+  np.testing.assert_array_equal(stats.steps_to_threshold(steps, acc, 0.9, 30),
+                                [10, 30, np.nan])

@@ -16,12 +16,14 @@ run-vmapped measurement; a study lists the groups it logs.
 - ``circuits``: the OV copying score.
 """
 
-from qkvjax.metrics.attention import (ablate_qk, attention_signal, logit_std, max_logit,
-                                      normalized_entropy, target_attention, visible_mask)
+from qkvjax.metrics.attention import (ablate_head, ablate_qk, attention_signal, logit_std,
+                                      max_logit, normalized_entropy, target_attention,
+                                      visible_mask)
 from qkvjax.metrics.circuits import attention_modules, ov_copying, ov_copying_score
 from qkvjax.metrics.representations import (rank_collapse, representation_metrics,
                                             token_cosine)
-from qkvjax.metrics.similarity import embedding_similarity, linear_cka, rsa
+from qkvjax.metrics.similarity import (embedding_similarity, linear_cka,
+                                       linear_probe_accuracy, rsa)
 from qkvjax.metrics.weights import (attention_matrices, cosine, effective_rank,
                                     frobenius, grad_norms, matrices, spectra,
                                     weight_norms)
@@ -29,9 +31,10 @@ from qkvjax.metrics.weights import (attention_matrices, cosine, effective_rank,
 Metrics = dict
 
 __all__ = [
-    "ablate_qk", "attention_matrices", "attention_modules", "attention_signal", "cosine",
-    "effective_rank", "embedding_similarity", "frobenius", "grad_norms", "linear_cka",
-    "logit_std", "matrices", "max_logit", "normalized_entropy", "ov_copying",
-    "ov_copying_score", "rank_collapse", "representation_metrics", "rsa", "spectra",
-    "target_attention", "token_cosine", "visible_mask", "weight_norms",
+    "ablate_head", "ablate_qk", "attention_matrices", "attention_modules",
+    "attention_signal", "cosine", "effective_rank", "embedding_similarity", "frobenius",
+    "grad_norms", "linear_cka", "linear_probe_accuracy", "logit_std", "matrices",
+    "max_logit", "normalized_entropy", "ov_copying", "ov_copying_score", "rank_collapse",
+    "representation_metrics", "rsa", "spectra", "target_attention", "token_cosine",
+    "visible_mask", "weight_norms",
 ]

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from qkvjax import attention
 from qkvjax.metrics.weights import cosine
+from qkvjax.models import site_name
 
 
 def visible_mask(t: int, s: int, causal: bool) -> jax.Array:
@@ -104,3 +105,12 @@ def ablate_qk(m) -> dict[str, jax.Array]:
   loss, task_metrics, _ = m.forward(m.batch, params=ablated)
   return {"ablate_qk/loss": loss,
           **{f"ablate_qk/{k}": v for k, v in task_metrics.items()}}
+
+
+def ablate_head(params, site: str, head: int):
+  """``params`` with head ``head`` of attention ``site`` removed: its slice of
+  W_O is zero, so its output never reaches the residual stream."""
+  def one(path, x):
+    name = site_name(tuple(k.key for k in path if hasattr(k, "key")))
+    return x.at[head].set(0.0) if name == f"{site}/out" else x
+  return jax.tree_util.tree_map_with_path(one, params)

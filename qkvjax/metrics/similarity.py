@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 QKV = ("query", "key", "value")
 
@@ -50,3 +51,22 @@ def embedding_similarity(m) -> dict[str, jax.Array]:
       out[f"cka_embed/{site}/{name}"] = linear_cka(flat_NxF, emb_NxM)
       out[f"rsa_embed/{site}/{name}"] = rsa(flat_NxF, emb_NxM)
   return out
+
+
+def linear_probe_accuracy(x_NxF: jax.Array, label_N: jax.Array, fit_N: np.ndarray,
+                          ridge: float) -> jax.Array:
+  """Held-out accuracy of a ridge probe for a 0/1 label: standardized
+  features, w = (Z'Z + ridge n I)^-1 Z'(y - ybar) with y = +-1, fitted where
+  ``fit_N`` (static) is True, scored on the other rows."""
+  fit, held = np.flatnonzero(fit_N), np.flatnonzero(~fit_N)
+  x = x_NxF.astype(jnp.float32)
+  sd_F = x[fit].std(0)
+  z_NxF = (x - x[fit].mean(0)) / (sd_F + 1e-6 * jnp.mean(sd_F) + 1e-20)
+  y_N = 2.0 * label_N.astype(jnp.float32) - 1.0
+  y_bar, z_fit = y_N[fit].mean(), z_NxF[fit]
+  gram_FxF = z_fit.T @ z_fit + ridge * len(fit) * jnp.eye(x.shape[1])
+  # Conjugate gradient (matmuls only): LAPACK-backed solves hung the CPU backend of
+  # jax 0.10.2 when a dozen sat in one vmapped program (solve at 2 seeds, cho_solve at 8).
+  w_F = jax.scipy.sparse.linalg.cg(gram_FxF, z_fit.T @ (y_N[fit] - y_bar), tol=1e-6,
+                                   maxiter=2 * x.shape[1])[0]
+  return jnp.mean(((z_NxF[held] @ w_F + y_bar) > 0) == (label_N[held] > 0))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from qkvjax import analysis
 from qkvjax import metrics
 from qkvjax import plotting
 from qkvjax import stats
@@ -17,8 +18,7 @@ from qkvjax import study
 from qkvjax.study import Claim, Figure
 
 plt = plotting.plt
-QKV = ("query", "key", "value")
-PAIRS = (("query", "key"), ("query", "value"), ("key", "value"))
+QKV = analysis.QKV
 QUOTE_SEEK = ("Q \"actively\" seeks certain features associated with other tokens, while K "
               "is \"passively\" prepared to be matched by other tokens")
 
@@ -28,43 +28,21 @@ def layers(run) -> list[str]:
 
 
 def spectral_distance(run, index: int, **where) -> np.ndarray:
-  """Per seed: the largest, over pairs of W_Q, W_K, W_V, mean over layers, of
-  mean |s_a - s_b| / mean(s_a, s_b) between their singular-value spectra."""
-  per_layer = []
-  for site in layers(run):
-    s = {n: run.spectrum(f"{site}/{n}", index, **where) for n in QKV}
-    pair = [np.mean(np.abs(s[a] - s[b]), 1) / np.mean((s[a] + s[b]) / 2, 1)
-            for a, b in PAIRS]
-    per_layer.append(np.max(pair, 0))
-  return np.mean(per_layer, 0)
+  return analysis.spectral_distance(run, layers(run), index, **where)
 
 
 def best_head(run, prefix: str, index: int, **where) -> np.ndarray:
   """Per seed, the max over layers and heads of ``prefix/L*/H*`` at a logging point."""
-  keys = [k for k in run.keys(prefix + "/", **where)]
-  table = np.stack([run.table(k, **where)[1][:, index] for k in keys], 1)
-  best = np.max(np.where(np.isfinite(table), table, -np.inf), 1)
-  return np.where(np.isfinite(best), best, np.nan)
-
-
-def layer_mean(run, fn) -> np.ndarray:
-  return np.mean([fn(site) for site in layers(run)], 0)
-
-
-def grad_ratio(run, **where) -> np.ndarray:
-  """log10 of |grad W_V| / sqrt(|grad W_Q| |grad W_K|) at step 0, layer mean."""
-  def one(site):
-    g = {n: run.initial(f"grad_norm/{site}/{n}", **where) for n in QKV}
-    return np.log10(g["value"] / np.sqrt(g["query"] * g["key"]))
-  return layer_mean(run, one)
+  return analysis.best_over(run, run.keys(prefix + "/", **where), index, **where)[0]
 
 
 def qk_shared_update(run, **where) -> np.ndarray:
   """|cos(dW_Q, dW_K)| minus the mean |cos| of each with dW_V, end, layer mean."""
   def one(site):
-    c = {f"{a}_{b}": np.abs(run.final(f"update_cos/{site}/{a}_{b}", **where)) for a, b in PAIRS}
+    c = {f"{a}_{b}": np.abs(run.final(f"update_cos/{site}/{a}_{b}", **where))
+         for a, b in analysis.PAIRS}
     return c["query_key"] - (c["query_value"] + c["key_value"]) / 2
-  return layer_mean(run, one)
+  return analysis.site_mean(one, layers(run))
 
 
 def claims(run) -> list[Claim]:
@@ -96,7 +74,7 @@ def claims(run) -> list[Claim]:
             "Mainly come from the similarity calculation", "division_of_labor",
             "log10 of grad-norm(W_V) / geometric mean of grad-norms(W_Q, W_K) at step 0, "
             "mean over layers (> 0: V gets the larger gradient while attention is diffuse)",
-            grad_ratio, stats.Greater(0.0, 0.1)),
+            lambda r: analysis.grad_ratio(r, layers(r)), stats.Greater(0.0, 0.1)),
       Claim("Q and K are shaped by one signal (the Q.K similarity), V by another",
             "Gradients for W_K: Also come from Q-K similarity calculation ... Gradients "
             "for W_V: Come from the final weighted sum", "division_of_labor",
@@ -114,8 +92,8 @@ def claims(run) -> list[Claim]:
             "but Q focuses on querying a specific feature", "division_of_labor",
             "effective rank of W_K minus that of W_Q at the end, mean over layers "
             "(> 0: K spans more directions)",
-            lambda r: layer_mean(r, lambda s: r.final(f"eff_rank/{s}/key")
-                                 - r.final(f"eff_rank/{s}/query")),
+            lambda r: analysis.site_mean(lambda s: r.final(f"eff_rank/{s}/key")
+                                         - r.final(f"eff_rank/{s}/query"), layers(r)),
             stats.Greater(0.0, 1.0)),
   ]
   for site in layers(run):
@@ -159,25 +137,6 @@ def qk_alignment_figure(run):
   return fig
 
 
-def spectra_figure(run):
-  sites = layers(run)
-  fig, axes = plt.subplots(1, len(sites), figsize=(3.2 * len(sites), 2.6), squeeze=False,
-                           sharey=True)
-  for ax, site in zip(axes[0], sites):
-    for name in QKV:
-      for index, ls, suffix in ((0, "--", " init"), (-1, "-", " end")):
-        s = run.spectrum(f"{site}/{name}", index)
-        plotting.band(ax, np.arange(1, s.shape[1] + 1), s, plotting.MATRIX_COLORS[name],
-                      plotting.MATRIX_LABELS[name] + suffix, log=True)
-        ax.lines[-1].set_linestyle(ls)
-    ax.set(title=site, xlabel="singular value index")
-  axes[0][0].set_ylabel("singular value")
-  axes[0][-1].legend(frameon=False, fontsize=7, ncol=2)
-  fig.suptitle("Spectra of $W_Q, W_K, W_V$: dashed at init, solid at the end", y=1.02)
-  plotting.seed_note(fig, plotting.seeds_counted(s))
-  return fig
-
-
 def loss_figure(run):
   bar = run.file("task.json")["selection"]["verb_only_accuracy"]
   fig, axes = plt.subplots(1, 2, figsize=(6.4, 2.6))
@@ -213,7 +172,7 @@ def figures(run) -> list[Figure]:
           "eff_rank", QKV, "effective rank", "Effective rank (exp entropy of singular values)")),
       Figure("Q-K alignment on the ground-truth noun", "qk_alignment", qk_alignment_figure),
       Figure("Singular-value spectra at initialization and at the end", "spectra",
-             spectra_figure),
+             lambda r: plotting.spectra_figure(r, layers(r))),
       Figure("Loss and accuracy", "loss_accuracy", loss_figure),
   ]
   if sample:

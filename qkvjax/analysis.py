@@ -1,0 +1,49 @@
+"""Quantities of a saved run that several studies' claims and figures share.
+
+Every function reads a ``results.Run`` and returns one value per seed; the
+attention *sites* (``L0``, ``decoder/L1/cross_attn``) say which blocks count.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from qkvjax import results
+
+QKV = ("query", "key", "value")
+PAIRS = (("query", "key"), ("query", "value"), ("key", "value"))
+
+
+def site_mean(fn, sites) -> np.ndarray:
+  """Per seed, the mean over sites of ``fn(site)``."""
+  return np.mean([fn(s) for s in sites], 0)
+
+
+def spectral_distance(run: results.Run, sites, index: int, **where) -> np.ndarray:
+  """Per seed: the largest, over pairs of W_Q, W_K, W_V, mean over sites, of
+  mean |s_a - s_b| / mean(s_a, s_b) between their singular-value spectra at
+  logging point ``index``."""
+  def one(site):
+    s = {n: run.spectrum(f"{site}/{n}", index, **where) for n in QKV}
+    return np.max([np.mean(np.abs(s[a] - s[b]), 1) / np.mean((s[a] + s[b]) / 2, 1)
+                   for a, b in PAIRS], 0)
+  return site_mean(one, sites)
+
+
+def grad_ratio(run: results.Run, sites, **where) -> np.ndarray:
+  """log10 of |grad W_V| / sqrt(|grad W_Q| |grad W_K|) at step 0, mean over
+  sites: > 0 when V gets the larger gradient while attention is diffuse."""
+  def one(site):
+    g = {n: run.initial(f"grad_norm/{site}/{n}", **where) for n in QKV}
+    return np.log10(g["value"] / np.sqrt(g["query"] * g["key"]))
+  return site_mean(one, sites)
+
+
+def best_over(run: results.Run, keys, index: int, **where) -> tuple[np.ndarray, list]:
+  """Per seed, the largest of ``keys`` at logging point ``index`` and which
+  key it was (NaN and None for a seed with no finite value)."""
+  table = np.stack([run.table(k, **where)[1][:, index] for k in keys], 1)
+  filled = np.where(np.isfinite(table), table, -np.inf)
+  best = np.max(filled, 1)
+  which = [keys[i] if np.isfinite(b) else None for i, b in zip(np.argmax(filled, 1), best)]
+  return np.where(np.isfinite(best), best, np.nan), which

@@ -1,0 +1,146 @@
+"""Sweeps: the grid, folded programs, the layout and combined report, bad
+input; interrupting and resuming a run reproduces its metrics line for line;
+trained parameters load back."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+import qkvjax
+from experiments import run as run_cli
+from qkvjax import checkpoints
+from qkvjax import config as config_lib
+from qkvjax import results
+from qkvjax import runner
+from qkvjax import sweep
+from qkvjax.studies import specialization
+
+TINY = ["--config.num_seeds=2", "--config.steps=4", "--config.log_every=2",
+        "--config.batch_size=8", "--config.model.d_model=16", "--config.model.n_heads=2",
+        "--config.model.d_head=8", "--config.model.d_mlp=16", "--config.task.n_slots=3",
+        "--config.task.n_categories=3", "--config.task.nouns_per_category=3",
+        "--config.task.n_details=3", "--noprogress"]
+
+
+def test_grid_and_folding():
+  cfg = config_lib.load_config("specialization")
+  grid = sweep.parse(cfg, {"optim.learning_rate": "1e-3,3e-3", "model.n_heads": "2,4"})
+  assert grid == {"optim.learning_rate": (1e-3, 3e-3), "model.n_heads": (2, 4)}
+  points = sweep.points(grid)
+  assert len(points) == 4 and points[1] == {"optim.learning_rate": 1e-3, "model.n_heads": 4}
+  programs = runner.plan(specialization.STUDY,
+                         [config_lib.apply_overrides(cfg, p) for p in points])
+  # learning rates fold into one program per head count.
+  assert [[m.unit for m in p.members] for p in programs] == [[0, 2], [1, 3]]
+  assert [p.points[1]["optim.learning_rate"] for p in programs] == [3e-3, 3e-3]
+
+
+def test_sweep_writes_its_layout_and_a_combined_report(tmp_path):
+  argv = ["run", "--exp=specialization", f"--results_dir={tmp_path}",
+          "--sweep.optim.learning_rate=1e-3,3e-3", "--sweep.model.n_heads=2,4"] + TINY
+  assert run_cli.main(argv) == 0
+  (sweep_dir,) = (tmp_path / "specialization").iterdir()
+  manifest = json.loads((sweep_dir / "sweep.json").read_text())
+  assert manifest["grid"] == {"optim.learning_rate": [1e-3, 3e-3], "model.n_heads": [2, 4]}
+  assert [p["status"] for p in manifest["points"]] == ["complete"] * 4
+  for p in manifest["points"]:
+    point = sweep_dir / p["dir"]
+    for name in ("config.json", "metrics.jsonl", "summary.json", "report.md",
+                 "grad_norms.png"):
+      assert (point / name).is_file(), (p["dir"], name)
+    saved = json.loads((point / "config.json").read_text())
+    assert saved["config"]["optim"]["learning_rate"] == p["overrides"]["optim.learning_rate"]
+    assert saved["config"]["model"]["n_heads"] == p["overrides"]["model.n_heads"]
+  summary = json.loads((sweep_dir / "summary.json").read_text())
+  assert len(summary["claims"]) == 4 * 10
+  assert all(c["corrected_verdict"] in ("supported", "negligible", "not supported",
+                                        "inconclusive") for c in summary["claims"])
+  assert (sweep_dir / "effects_vs_sweep.png").is_file()
+  text = (sweep_dir / "report.md").read_text()
+  assert "| learning_rate | n_heads |" in text and "000_learning_rate=0.001,n_heads=2" in text
+  # Redrawing a sweep redraws every point and the combined report.
+  (sweep_dir / "effects_vs_sweep.png").unlink()
+  assert run_cli.main(["run", "--exp=figures", f"--config.run_dir={sweep_dir}"]) == 0
+  assert (sweep_dir / "effects_vs_sweep.png").is_file()
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--sweep.optim.nope=1,2"], "unknown config field 'optim.nope'"),
+    (["--sweep.optim.learning_rate="], "empty item"),
+    (["--sweep.optim.learning_rate=1e-3,1e-3"], "repeats a value"),
+    (["--sweep.model.n_heads=2,x"], "is not an integer"),
+    (["--sweep.model=1,2"], "is a group"),
+    (["--exp=claims", "--sweep.experiments=a,b"], "does not train"),
+    (["--exp=figures", "--sweep.run_dir=a,b"], "does not train"),
+    (["--exp=tied", "--sweep"], "defines no get_sweep()"),
+    (["--sweep.model.n_heads=2,0"], "config.model.n_heads=0 is out of range"),
+    (["--resume=/nonexistent/dir"], "is not a run or sweep directory"),
+    (["--process_id=1"], "go together"),
+])
+def test_bad_sweep_and_resume_input_is_one_line_exit_2(tmp_path, capsys, args, expected):
+  out = tmp_path / "results"
+  assert run_cli.main(["run", f"--results_dir={out}"] + args) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error: ") and err.count("\n") == 1 and expected in err, err
+  assert not out.exists()
+
+
+def _interrupt_after(monkeypatch, writes: int):
+  """Ctrl-C (KeyboardInterrupt) after ``writes`` metrics writes."""
+  real = results.MetricsWriter.write
+  count = {"n": 0}
+
+  def write(self, *a, **k):
+    if count["n"] == writes:
+      raise KeyboardInterrupt
+    count["n"] += 1
+    return real(self, *a, **k)
+  monkeypatch.setattr(results.MetricsWriter, "write", write)
+
+
+def test_an_interrupted_run_resumes_to_the_same_metrics_line_for_line(tmp_path, monkeypatch,
+                                                                       capsys):
+  args = [a for a in TINY if "steps" not in a and "log_every" not in a] + [
+      "--config.steps=12", "--config.log_every=2", "--config.checkpoint_every=2"]
+  assert run_cli.main(["run", f"--results_dir={tmp_path}/full"] + args) == 0
+  (full,) = (tmp_path / "full" / "specialization").iterdir()
+  _interrupt_after(monkeypatch, 4)
+  assert run_cli.main(["run", f"--results_dir={tmp_path}/cut"] + args) == 130
+  monkeypatch.undo()
+  (cut,) = (tmp_path / "cut" / "specialization").iterdir()
+  assert "--resume=" in capsys.readouterr().err
+  assert json.loads((cut / "config.json").read_text())["status"] == "interrupted"
+  assert checkpoints.steps(cut, ["default"]) == [4, 8]  # saved after steps 4 and 8
+  assert len((cut / "metrics.jsonl").read_text().splitlines()) == 4 * 2
+  # The incomplete run redraws, marked as such.
+  assert run_cli.main(["run", "--exp=figures", f"--config.run_dir={cut}"]) == 0
+  assert "INCOMPLETE RUN (interrupted)" in (cut / "report.md").read_text()
+  # A different config is refused; then the resume reproduces every line.
+  assert run_cli.main(["run", f"--resume={cut}", "--config.num_seeds=3"]) == 2
+  assert "differs from the config" in capsys.readouterr().err
+  assert run_cli.main(["run", f"--resume={cut}", "--noprogress"]) == 0
+  assert (cut / "metrics.jsonl").read_text() == (full / "metrics.jsonl").read_text()
+  assert json.loads((cut / "config.json").read_text())["status"] == "complete"
+  assert checkpoints.steps(cut, ["default"]) == [8, 12]  # the last two kept
+  # Resuming a complete run writes nothing.
+  before = sorted(p.stat().st_mtime_ns for p in cut.rglob("*") if p.is_file())
+  assert run_cli.main(["run", f"--resume={cut}"]) == 0
+  assert "already complete" in capsys.readouterr().out
+  assert sorted(p.stat().st_mtime_ns for p in cut.rglob("*") if p.is_file()) == before
+
+
+def test_trained_parameters_load_back(tmp_path):
+  assert run_cli.main(["run", f"--results_dir={tmp_path}"] + TINY) == 0
+  (run_dir,) = (tmp_path / "specialization").iterdir()
+  params = qkvjax.load_run_params(run_dir)
+  w_q = params["default"]["layers"][0]["attn"]["query"][...]
+  assert w_q.shape == (2, 16, 2, 8)
+  model = qkvjax.load_run_model(run_dir, seed=1)
+  np.testing.assert_array_equal(model.layers[0].attn.query[...], w_q[1])
+  tokens = jax.numpy.zeros((1, 4), jax.numpy.int32)
+  assert model(tokens).shape[-1] == len(json.loads((run_dir / "task.json").read_text())
+                                        ["selection"]["vocab"])
+  with pytest.raises(config_lib.ConfigError, match="no checkpoint at step 3"):
+    qkvjax.load_run_params(run_dir, step=3)
