@@ -27,9 +27,16 @@ def program_key(conditions: Sequence[str]) -> str:
 
 
 def _manager(path: pathlib.Path):
+  """A manager of this process alone: the state is gathered to host arrays
+  first, so no other process takes part in a save or restore (with several
+  processes, only process 0 saves; every process restores)."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  me = jax.process_index()
+  path.mkdir(parents=True, exist_ok=True)
   return ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(
-      max_to_keep=KEEP, create=True, enable_async_checkpointing=False))
+      max_to_keep=KEEP, create=False, enable_async_checkpointing=False,
+      multiprocessing_options=ocp.options.MultiprocessingOptions(
+          primary_host=me, active_processes={me})))
 
 
 def directory(run_dir, conditions: Sequence[str]) -> pathlib.Path:

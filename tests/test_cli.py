@@ -146,3 +146,39 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
   assert proc.stderr.strip().splitlines() == [
       "error: config.steps=-3 is out of range; accepted: an integer >= 1"]
   assert not pathlib.Path(f"{tmp_path}/r").exists()
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--config.model.d_model=1000000", "--config.model.d_mlp=1000000"], "GiB of memory"),
+    (["--config.steps=1000000000000"], "GiB of metrics"),
+])
+def test_configs_that_cannot_fit_are_refused_before_anything_is_written(tmp_path, capsys, args,
+                                                                        expected):
+  out = tmp_path / "results"
+  assert run_cli.main(["run", f"--results_dir={out}"] + args) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error: this config") and err.count("\n") == 1 and expected in err
+  assert not out.exists()
+
+
+@pytest.mark.parametrize("sig,code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_before_the_first_logging_point_stops_cleanly(tmp_path, sig, code):
+  """Ctrl-C or SIGTERM while the first program compiles: the documented exit
+  code, no crash, the run marked interrupted and the resume command printed."""
+  import signal
+  import time
+  proc = subprocess.Popen([sys.executable, "-m", "experiments.run", "--noprogress",
+                           f"--results_dir={tmp_path}"], cwd=ROOT, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  deadline = time.time() + 120
+  while not list(tmp_path.glob("specialization/*/config.json")) and time.time() < deadline:
+    time.sleep(0.2)
+  time.sleep(1.0)
+  proc.send_signal(getattr(signal, sig))
+  _, err = proc.communicate(timeout=60)
+  assert proc.returncode == code, err[-2000:]
+  assert "Segmentation" not in err and "Traceback" not in err
+  (run_dir,) = tmp_path.glob("specialization/*")
+  assert f"interrupted ({sig})" in err and f"--resume={run_dir}" in err
+  assert json.loads((run_dir / "config.json").read_text())["status"] == "interrupted"
