@@ -16,6 +16,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.steps = 600
   c.log_every = 30      # steps between logging points (metrics at step 0 too)
   c.batch_size = 64
+  c.checkpoint_every = 10  # logging points between train-state checkpoints (and the last)
 
   c.task = ml_collections.ConfigDict()
   c.task.n_ambiguous = 4      # apple, jaguar, python, amazon (two senses each)

@@ -17,6 +17,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.steps = 600
   c.log_every = 40      # steps between logging points (metrics at step 0 too)
   c.batch_size = 64     # words per step
+  c.checkpoint_every = 10  # logging points between train-state checkpoints (and the last)
 
   c.data = ml_collections.ConfigDict()
   c.data.min_word_len = 3        # letters

@@ -12,6 +12,7 @@ from flax import nnx
 
 from experiments import run as run_cli
 from qkvjax import config as config_lib
+from qkvjax import metrics
 from qkvjax import models
 from qkvjax.studies import context as study
 from qkvjax.tasks import context as context_task
@@ -101,7 +102,7 @@ def test_metrics_closed_forms():
   same = jnp.asarray(offsets[group], jnp.float32)
   spread, share = task.context_variation(same, batch)
   assert float(spread) == 0.0 and float(share) == 0.0
-  assert float(study.ridge_probe_accuracy(same, batch.sense_B, fit, 0.01)) == 0.5
+  assert float(metrics.linear_probe_accuracy(same, batch.sense_B, fit, 0.01)) == 0.5
   # Pure sense: x = offset_g + c * (+-1) * u.
   u = rng.normal(size=32)
   x = offsets[group] + 0.5 * (2 * sense[:, None] - 1) * u
@@ -109,7 +110,7 @@ def test_metrics_closed_forms():
   expected = np.sqrt(2 * 0.25 * u @ u / np.mean(np.sum(x**2, -1)))
   np.testing.assert_allclose([spread, share], [expected, 1.0], rtol=1e-4)
   noisy = jnp.asarray(x + 0.05 * rng.normal(size=x.shape), jnp.float32)
-  assert float(study.ridge_probe_accuracy(noisy, batch.sense_B, fit, 0.01)) == 1.0
+  assert float(metrics.linear_probe_accuracy(noisy, batch.sense_B, fit, 0.01)) == 1.0
 
 
 def test_ridge_probe_matches_a_direct_solve():
@@ -125,7 +126,8 @@ def test_ridge_probe_matches_a_direct_solve():
   w = np.linalg.solve(z[fit].T @ z[fit] + ridge * fit.sum() * np.eye(f),
                       z[fit].T @ (y[fit] - y[fit].mean()))
   direct = np.mean(((z[~fit] @ w + y[fit].mean()) > 0) == (label[~fit] > 0))
-  got = study.ridge_probe_accuracy(jnp.asarray(x, jnp.float32), jnp.asarray(label), fit, ridge)
+  got = metrics.linear_probe_accuracy(jnp.asarray(x, jnp.float32), jnp.asarray(label), fit,
+                                      ridge)
   assert 0.6 < direct and abs(float(got) - direct) <= 1 / (~fit).sum()  # one row at most
 
 

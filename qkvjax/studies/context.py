@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from qkvjax import config as config_lib
+from qkvjax import metrics
 from qkvjax import models
 from qkvjax import plotting
 from qkvjax import report
@@ -31,24 +32,6 @@ CHANCE = 0.5  # accuracy from the word and its position alone: a coin for the se
 
 
 # ---- metrics (inside the jitted, run-vmapped measurement) ---------------------------
-def ridge_probe_accuracy(x_NxF, label_N, fit_N: np.ndarray, ridge: float) -> jax.Array:
-  """Held-out accuracy of a ridge probe for a 0/1 label: standardized
-  features, w = (Z'Z + ridge n I)^-1 Z'(y - ybar) with y = +-1, fitted where
-  ``fit_N`` (static) is True, scored on the other rows."""
-  fit, held = np.flatnonzero(fit_N), np.flatnonzero(~fit_N)
-  x = x_NxF.astype(jnp.float32)
-  sd_F = x[fit].std(0)
-  z_NxF = (x - x[fit].mean(0)) / (sd_F + 1e-6 * jnp.mean(sd_F) + 1e-20)
-  y_N = 2.0 * label_N.astype(jnp.float32) - 1.0
-  y_bar, z_fit = y_N[fit].mean(), z_NxF[fit]
-  gram_FxF = z_fit.T @ z_fit + ridge * len(fit) * jnp.eye(x.shape[1])
-  # Conjugate gradient (matmuls only): LAPACK-backed solves hung the CPU backend of
-  # jax 0.10.2 when a dozen sat in one vmapped program (solve at 2 seeds, cho_solve at 8).
-  w_F = jax.scipy.sparse.linalg.cg(gram_FxF, z_fit.T @ (y_N[fit] - y_bar), tol=1e-6,
-                                   maxiter=2 * x.shape[1])[0]
-  return jnp.mean(((z_NxF[held] @ w_F + y_bar) > 0) == (label_N[held] > 0))
-
-
 def probe_metrics(m: train.Measurement) -> dict[str, jax.Array]:
   """On the probe set: loss and accuracy, and per layer the ambiguous word's
   spread, sense share and probe accuracy for q, k, v and the layer input,
@@ -66,8 +49,8 @@ def probe_metrics(m: train.Measurement) -> dict[str, jax.Array]:
       x_NxF = x[rows_N, pos_N].reshape(len(fit_N), -1)
       out[f"ctx_spread/L{l}/{name}"], out[f"sense_share/L{l}/{name}"] = (
           task.context_variation(x_NxF, batch))
-      out[f"probe_acc/L{l}/{name}"] = ridge_probe_accuracy(x_NxF, batch.sense_B, fit_N,
-                                                           p.ridge)
+      out[f"probe_acc/L{l}/{name}"] = metrics.linear_probe_accuracy(x_NxF, batch.sense_B,
+                                                                    fit_N, p.ridge)
     cues_NxH = jnp.sum(jnp.where(batch.cue_BxT[:, None], tr.weights_BxHxTxS[rows_N, :, pos_N],
                                  0.0), -1)
     out[f"attn_cues/L{l}"] = jnp.mean(cues_NxH)
@@ -87,8 +70,7 @@ def vectors_sample(trainer, state, conditions, n_contexts: int = 64) -> dict:
   run = train.first_finite_run(state, list(range(cfg.num_seeds)))
   batch = task.contrast_set(jax.random.PRNGKey(10_000 + cfg.seed), n_contexts)
   sense = np.asarray(batch.sense_B)
-  params, rest = (jax.tree.map(lambda x: x[run], s) for s in (state.params, state.model_rest))
-  _, cap = models.apply(study.nnx_merge(trainer, params, rest), batch.tokens_BxT)
+  _, cap = models.apply(study.run_model(trainer, state, run), batch.tokens_BxT)
   coords = {}
   for site, tr in cap.attention.items():
     for name, x in zip(QKV, (tr.query_BxTxHxD, tr.key_BxSxHxD, tr.value_BxSxHxD)):
@@ -158,21 +140,13 @@ CURVES = {  # metric: file, report title, y label, figure title, chance line
 
 def curves_figure(run, prefix):
   """One panel per layer: ``prefix/L<l>/<rep>`` over training."""
-  n_layers, (_, _, ylabel, title, chance) = run.config.model.n_layers, CURVES[prefix]
-  fig, axes = plt.subplots(1, n_layers, figsize=(3.0 * n_layers, 2.6), sharey=True)
-  for l, ax in enumerate(axes):
-    n = [plotting.band(ax, *run.table(f"{prefix}/L{l}/{r}"), REP_COLORS[r], REP_LABELS[r])
-         for r in REPS][0]
-    if chance is not None:
-      ax.axhline(chance, color="0.5", ls=":", lw=1)
-      ax.set_ylim(0.4, 1.02)
-    ax.set(xlabel="step", title=f"layer {l + 1}" + (" (sees token + position only)"
-                                                    if l == 0 else ""))
-  axes[0].set_ylabel(ylabel)
-  axes[-1].legend(frameon=False)
-  fig.suptitle(title, y=1.03)
-  plotting.seed_note(fig, n)
-  return fig
+  _, _, ylabel, title, chance = CURVES[prefix]
+  sites = [f"L{l}" for l in range(run.config.model.n_layers)]
+  return plotting.per_site_matrices(
+      run, prefix, sites, REPS, ylabel, title, colors=REP_COLORS, labels=REP_LABELS,
+      titles={s: f"layer {l + 1}" + (" (sees token + position only)" if l == 0 else "")
+              for l, s in enumerate(sites)},
+      hline=chance, ylim=None if chance is None else (0.4, 1.02))
 
 
 def layers_figure(run):
@@ -292,11 +266,10 @@ def sections(run, summary) -> list[str]:
       "From layer 2 on, even a random network's q, k, v depend on the context (through "
       "layer 1's attention); vectors blind to the sense give a share of about "
       f"1/(2 × {reps} − 1) = {1 / (2 * reps - 1):.2f} from sampling alone.", "",
-      "| layer | vector | spread across contexts | sense share | probe accuracy |",
-      "|---|---|---|---|---|",
-      *[f"| {l + 1} | {REP_LABELS[n]} | {cell(f'ctx_spread/L{l}/{n}')} | "
-        f"{cell(f'sense_share/L{l}/{n}')} | {cell(f'probe_acc/L{l}/{n}')} |"
-        for l in range(run.config.model.n_layers) for n in REPS], "",
+      *report.table(["layer", "vector", "spread across contexts", "sense share",
+                     "probe accuracy"],
+                    [[l + 1, REP_LABELS[n], *(cell(f"{p}/L{l}/{n}") for p in CURVES)]
+                     for l in range(run.config.model.n_layers) for n in REPS]), "",
       "Final values (mean ± std, 95% CI): " + "; ".join(
           f"{k} {report.effect_cell(final[k])}" for k in ("loss", "accuracy",
                                                          "probe_set_accuracy")) + ".", ""]

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from qkvjax import analysis
 from qkvjax import config as config_lib
 from qkvjax import metrics
 from qkvjax import models
@@ -25,7 +26,6 @@ from qkvjax.tasks.spelling import BOS
 
 plt = plotting.plt
 QKV = plotting.QKV
-PAIRS = (("query", "key"), ("query", "value"), ("key", "value"))
 CONDITION = "cmudict_g2p"
 CROSS = "decoder/L{}/cross_attn"
 KINDS = {"encoder/L{}/self_attn": "encoder self-attention",  # site pattern: title
@@ -70,13 +70,11 @@ def heldout_samples(trainer, state, conditions, n_examples: int = 12) -> dict:
   task, cfg, held = trainer.task, trainer.config, jax.tree.map(jnp.asarray, trainer.task.heldout)
   decode = jax.jit(jax.vmap(lambda p, r: study.nnx_merge(trainer, p, r).greedy_decode(
       held.src_BxS, task.tgt_len, BOS)))
-  out_RxNxT = np.asarray(decode(state.params, state.model_rest))
-  diverged = np.asarray(state.diverged)
-  scores = [(None, None, []) if diverged[s] else task.score(out_RxNxT[s])
-            for s in range(cfg.num_seeds)]
+  out_RxNxT = np.asarray(decode(state.params, state.model_rest))[:cfg.num_seeds]
+  scores = [(None, None, []) if bad else task.score(out_NxT)
+            for out_NxT, bad in zip(out_RxNxT, np.asarray(state.diverged))]
   seed, n = train.first_finite_run(state, list(range(cfg.num_seeds))), cfg.data.n_samples
-  params, rest = (jax.tree.map(lambda x: x[seed], s) for s in (state.params, state.model_rest))
-  _, cap = models.apply(study.nnx_merge(trainer, params, rest), held.src_BxS[:n],
+  _, cap = models.apply(study.run_model(trainer, state, seed), held.src_BxS[:n],
                         held.tgt_in_BxT[:n])
   truth = [task.decode_phonemes(t) for t in task.heldout.tgt_out_BxT]
   words = [{"word": w, "letters": list(w), "phonemes": truth[b] + ["<eos>"],
@@ -92,37 +90,17 @@ def heldout_samples(trainer, state, conditions, n_examples: int = 12) -> dict:
 
 
 # ---- claims (from the saved run) ----------------------------------------------------
-def spectral_distance(run, site_list, index: int) -> np.ndarray:
-  """Per seed: the largest, over pairs of W_Q, W_K, W_V, mean over sites, of
-  mean |s_a - s_b| / mean(s_a, s_b) between their singular-value spectra."""
-  per_site = []
-  for site in site_list:
-    s = {n: run.spectrum(f"{site}/{n}", index) for n in QKV}
-    per_site.append(np.max([np.mean(np.abs(s[a] - s[b]), 1) / np.mean((s[a] + s[b]) / 2, 1)
-                            for a, b in PAIRS], 0))
-  return np.mean(per_site, 0)
-
-
 def best_cross_head(run, index: int) -> tuple[np.ndarray, list[str]]:
   """Per seed: the largest cross-attention monotonicity over layers and heads
-  at a logging point, and which head it was."""
+  at a logging point, and which head it was (``L<l>/H<h>``)."""
   keys = [k for k in run.keys("cross_monotonic/") if not k.endswith("/mean")]
-  table = np.stack([run.table(k)[1][:, index] for k in keys], 1)
-  filled = np.nan_to_num(table, nan=-np.inf)
-  best = np.where(np.all(np.isnan(table), 1), np.nan, np.max(filled, 1))
-  return best, ["{2}/{4}".format(*keys[i].split("/")) for i in np.argmax(filled, 1)]
-
-
-def grad_ratio(run, site_list) -> np.ndarray:
-  """log10 of |grad W_V| / sqrt(|grad W_Q| |grad W_K|) at step 0, mean over sites."""
-  g = {n: np.stack([run.initial(f"grad_norm/{s}/{n}") for s in site_list]) for n in QKV}
-  return np.mean(np.log10(g["value"] / np.sqrt(g["query"] * g["key"])), 0)
+  best, which = analysis.best_over(run, keys, index)
+  return best, ["{2}/{4}".format(*k.split("/")) if k else "none" for k in which]
 
 
 def claims(run) -> list[Claim]:
-  info = run.file("task.json")["spelling"]
-  threshold = run.config.claims.monotonic_threshold
-  where = sorted(set(best_cross_head(run, -1)[1]))
+  info, threshold = run.file("task.json")["spelling"], run.config.claims.monotonic_threshold
+  where = sorted(set(best_cross_head(run, -1)[1]))  # the best heads, named in the claim
   out = [
       Claim("prerequisite: pronunciation of held-out words is learned",
             "(not a claim; the other verdicts mean little if the model fails)", "qkvjax",
@@ -154,7 +132,8 @@ def claims(run) -> list[Claim]:
       "relative L1 distance between the singular-value spectra of the most different pair of "
       "W_Q, W_K, W_V (mean over layers), end minus step 0; smallest effect of interest 0.03, "
       "the distance three independent random draws already have",
-      lambda r, s=s: spectral_distance(r, s, -1) - spectral_distance(r, s, 0),
+      lambda r, s=s: (analysis.spectral_distance(r, s, -1)
+                      - analysis.spectral_distance(r, s, 0)),
       stats.Greater(0.0, 0.03)) for title, s in kinds]
   out += [Claim(
       f"V gets the larger gradient at init ({title})",
@@ -162,7 +141,7 @@ def claims(run) -> list[Claim]:
       "come from the similarity calculation", "division_of_labor",
       "log10 of grad-norm(W_V) / geometric mean of grad-norms(W_Q, W_K) at step 0, mean over "
       "layers (> 0: V's is larger); smallest effect of interest 0.1 (x1.26)",
-      lambda r, s=s: grad_ratio(r, s), stats.Greater(0.0, 0.1)) for title, s in kinds]
+      lambda r, s=s: analysis.grad_ratio(r, s), stats.Greater(0.0, 0.1)) for title, s in kinds]
   return out
 
 
@@ -196,30 +175,12 @@ def loss_figure(run):
   return fig
 
 
-def spectra_figure(run):
-  site_list = sites(run.config)
-  fig, axes = plt.subplots(1, len(site_list), figsize=(3.2 * len(site_list), 2.6))
-  for ax, site in zip(axes, site_list):
-    for name in QKV:
-      for index, ls, suffix in ((0, "--", " init"), (-1, "-", " end")):
-        s = run.spectrum(f"{site}/{name}", index)
-        plotting.band(ax, np.arange(1, s.shape[1] + 1), s, plotting.MATRIX_COLORS[name],
-                      plotting.MATRIX_LABELS[name] + suffix, log=True)
-        ax.lines[-1].set_linestyle(ls)
-    ax.set(title=site, xlabel="singular value index")
-  axes[0].set_ylabel("singular value")
-  axes[0].legend(frameon=False, fontsize=6, ncol=2)
-  fig.suptitle("Spectra of $W_Q, W_K, W_V$ per attention site: dashed at init, solid at the "
-               "end", y=1.02)
-  plotting.seed_note(fig, plotting.seeds_counted(s))
-  return fig
-
-
 def monotonicity_figure(run):
-  cross, n_heads = sites(run.config, [CROSS]), run.config.model.n_heads
-  threshold = run.config.claims.monotonic_threshold
+  """Per cross-attention site, each head's alignment monotonicity over
+  training; last panel, each seed's best head at the end, named."""
+  cross, n_heads, cmap = sites(run.config, [CROSS]), run.config.model.n_heads, plt.cm.viridis
+  threshold, (best, where) = run.config.claims.monotonic_threshold, best_cross_head(run, -1)
   fig, axes = plt.subplots(1, len(cross) + 1, figsize=(3.2 * (len(cross) + 1), 2.8))
-  cmap = plt.get_cmap("viridis")
   for ax, site in zip(axes, cross):
     for h in range(n_heads):
       steps, v = run.table(f"cross_monotonic/{site}/H{h}")
@@ -229,14 +190,10 @@ def monotonicity_figure(run):
     ax.set(ylim=(-0.5, 1.02), title=site, xlabel="step")
   axes[0].set_ylabel("Spearman rho: phoneme position\nvs most-attended letter")
   axes[0].legend(frameon=False, fontsize=7)
-  best, where = best_cross_head(run, -1)
   axes[-1].scatter(np.arange(len(best)), best, color="k", zorder=3)
-  for i, (b, w) in enumerate(zip(best, where)):
-    if np.isfinite(b):
-      axes[-1].annotate(w, (i, b), fontsize=6, xytext=(2, -8), textcoords="offset points")
   axes[-1].axhline(threshold, color="#d62728", ls="--", lw=1, label=f"threshold {threshold}")
-  axes[-1].set(ylim=(-0.5, 1.02), xticks=np.arange(len(best)), xlabel="seed",
-               title="best head at the end, per seed")
+  axes[-1].set_xticks(range(len(best)), [f"{i}\n{w}" for i, w in enumerate(where)], fontsize=6)
+  axes[-1].set(ylim=(-0.5, 1.02), xlabel="seed, best head", title="best head at the end")
   axes[-1].legend(frameon=False, fontsize=7)
   fig.suptitle("Is the learned letter -> phoneme cross-attention monotonic? (held-out words)",
                y=1.02)
@@ -283,7 +240,7 @@ def figures(run) -> list[Figure]:
       Figure("Effective rank of W_Q, W_K, W_V", "eff_rank", matrices(
           "eff_rank", QKV, "effective rank", "Effective rank (exp entropy of singular values)")),
       Figure("Singular-value spectra at initialization and at the end", "spectra",
-             spectra_figure),
+             lambda r: plotting.spectra_figure(r, sites(r.config))),
       Figure("Monotonicity of the cross-attention alignment", "cross_monotonicity",
              monotonicity_figure),
       *([Figure("Cross-attention between letters and phonemes on sample words",
@@ -311,15 +268,15 @@ def sections(run, summary) -> list[str]:
                                "teacher-forced all-labels-right by construction)"),
           (greedy, "phoneme_error_rate", "phoneme error rate (greedy; edit distance / length)"),
           (final, "heldout/loss", "held-out cross-entropy"))
-  lines = ["## Held-out accuracy", "", "| metric | mean ± std (95% CI) | seeds |",
-           "|---|---|---|"]
-  lines += [f"| {label} | {report.effect_cell(d[k])} | {d[k]['n']} |"
-            for d, k, label in rows if k in d]
+  lines = ["## Held-out accuracy", "", *report.table(
+      ["metric", "mean ± std (95% CI)", "seeds"],
+      [[label, report.effect_cell(d[k]), d[k]["n"]] for d, k, label in rows if k in d])]
   sample = (run.file("samples.json") or {}).get(CONDITION)
   if sample and sample["examples"]:
     lines += ["", f"Greedy outputs of seed {sample['seed']} on the first held-out words:", "",
-              "| word | CMU dict | predicted |", "|---|---|---|"]
-    lines += [f"| {e['word']} | {e['truth']} | {e['predicted']} |" for e in sample["examples"]]
+              *report.table(["word", "CMU dict", "predicted"],
+                            [[e["word"], e["truth"], e["predicted"]]
+                             for e in sample["examples"]])]
   return lines + [""]
 
 
