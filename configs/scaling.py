@@ -21,6 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.steps = 300
   c.log_every = 25
   c.batch_size = 32
+  c.checkpoint_every = 10  # logging points between train-state checkpoints (and the last)
   c.d_heads = (8, 32, 128)                      # head dimensions d_k (two or more)
   c.variants = ("scaled", "unscaled", "qk_norm")  # any of these
   c.learning_rates = (0.001, 0.01, 0.1)         # each a condition, folded into one program

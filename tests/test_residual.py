@@ -132,7 +132,7 @@ def test_end_to_end_writes_every_file_and_redraws(tmp_path):
   for claim in summary["claims"]:
     assert claim["verdict"] in stats.VERDICTS and claim["source"] in bibliography.SOURCES
     assert claim["effect"]["n"] == 2 and claim["quote"] and claim["smallest_effect"] > 0
-  assert summary["at_init"]["no_residual/depth2"]["rank_collapse_last"]["n"] == 2
+  assert summary["final"]["no_residual/depth2"]["rank_collapse/X2"]["n"] == 2
   assert "## Claims" in (run_dir / "report.md").read_text()
 
   for png in run_dir.glob("*.png"):

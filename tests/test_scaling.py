@@ -138,8 +138,8 @@ def test_end_to_end_writes_every_file_and_redraws(tmp_path):
   for claim in summary["claims"]:
     assert claim["verdict"] in stats.VERDICTS and claim["source"] in bibliography.SOURCES
     assert claim["quote"] and claim["smallest_effect"] > 0
-  assert set(summary["init"]) == {f"{v}/d{d}" for v in ("scaled", "unscaled") for d in (4, 8)}
-  assert summary["init"]["scaled/d4"]["logit_std"]["n"] == 5
+  assert set(summary["at_init"]) == set(CONDITIONS)
+  assert summary["at_init"]["scaled/d4/lr0.01"]["logit_std/L0"]["n"] == 5
   assert set(summary["final"]) == set(CONDITIONS)
   report = (run_dir / "report.md").read_text()
   assert "## Claims" in report and "## At initialization" in report

@@ -15,12 +15,14 @@ import math
 
 import numpy as np
 
+from qkvjax import analysis
 from qkvjax import config as config_lib
 from qkvjax import metrics
 from qkvjax import plotting
 from qkvjax import report
 from qkvjax import stats
 from qkvjax import study
+from qkvjax import train
 from qkvjax.study import Claim, Figure
 
 plt = plotting.plt
@@ -34,8 +36,6 @@ COLORS = {"residual": "#1f77b4", "no_residual": "#d62728", "scaled_residual": "#
 LABELS = {"residual": "x + f(x)", "no_residual": "f(x), no skip",
           "scaled_residual": "x + f(x)/√depth"}
 MAX_DEPTH = 64
-# Init and measure run once: far faster to compile without backend optimizations.
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
 QUOTE_CONTINUITY = ("While maintaining continuity with the original token meaning (residual "
                     "connections can compensate if continuity degradation is a concern)")
 
@@ -71,40 +71,28 @@ def depths(run) -> list[int]:
   return sorted(run.config.depths)
 
 
-def at_init(run, key: str, condition: str, depth: int) -> np.ndarray:
-  """[seeds]: one metric of one (condition, depth)."""
-  return run.initial(key, condition=name(condition, depth))
-
-
 def stream(run, prefix: str, condition: str, depth: int) -> np.ndarray:
-  """[seeds, depth + 1]: ``prefix/X0`` ... ``prefix/X<depth>``."""
-  return np.stack([at_init(run, f"{prefix}/X{l}", condition, depth)
+  """[seeds, depth + 1]: ``prefix/X0`` ... ``prefix/X<depth>`` at init."""
+  return np.stack([run.initial(f"{prefix}/X{l}", condition=name(condition, depth))
                    for l in range(depth + 1)], 1)
 
 
 def last(run, prefix: str, condition: str, depth: int) -> np.ndarray:
   """[seeds]: ``prefix`` after the last block."""
-  return at_init(run, f"{prefix}/X{depth}", condition, depth)
+  return run.initial(f"{prefix}/X{depth}", condition=name(condition, depth))
 
 
-def grad_ratio_per_block(run, condition: str, depth: int) -> np.ndarray:
-  """[seeds, depth]: log10(sqrt(|grad W_Q| |grad W_K|) / |grad W_V|) per block."""
-  cols = []
-  for l in range(depth):
-    g = {n: at_init(run, f"grad_norm/L{l}/{n}", condition, depth)
-         for n in ("query", "key", "value")}
-    cols.append(np.log10(np.sqrt(g["query"] * g["key"]) / g["value"]))
-  return np.stack(cols, 1)
-
-
-def grad_ratio(run, condition: str, depth: int) -> np.ndarray:
-  return grad_ratio_per_block(run, condition, depth).mean(1)
+def qk_to_v(run, condition: str, depth: int, blocks=None) -> np.ndarray:
+  """[seeds]: log10(sqrt(|grad W_Q| |grad W_K|) / |grad W_V|), mean over
+  ``blocks`` (every block by default)."""
+  return -analysis.grad_ratio(run, blocks or [f"L{l}" for l in range(depth)],
+                              condition=name(condition, depth))
 
 
 def grad_norm(run, matrix: str, condition: str, depth: int) -> np.ndarray:
   """[seeds]: gradient norm of one matrix kind, mean over blocks."""
-  return np.mean([at_init(run, f"grad_norm/L{l}/{matrix}", condition, depth)
-                  for l in range(depth)], 0)
+  return analysis.site_mean(lambda s: run.initial(f"grad_norm/{s}/{matrix}", condition=name(
+      condition, depth)), [f"L{l}" for l in range(depth)])
 
 
 def claims(run) -> list[Claim]:
@@ -135,7 +123,7 @@ def claims(run) -> list[Claim]:
         f"after Noci et al. 2022; no skips, at init: log10(sqrt(|∇W_Q| |∇W_K|) / |∇W_V|), "
         f"mean over blocks, at depth {lo} minus at depth {hi} (> 0: the Q/K share shrinks "
         "with depth); smallest effect 0.1 (a factor 1.26)",
-        lambda r: grad_ratio(r, "no_residual", lo) - grad_ratio(r, "no_residual", hi),
+        lambda r: qk_to_v(r, "no_residual", lo) - qk_to_v(r, "no_residual", hi),
         stats.Greater(0.0, 0.1)))
   if "scaled_residual" in have:
     for other in [c for c in ("no_residual", "residual") if c in have]:
@@ -144,7 +132,7 @@ def claims(run) -> list[Claim]:
           "with 1/sqrt(depth) residual scaling as the remedy", "qkvjax",
           f"after Noci et al. 2022; depth {hi}, at init: log10 Q/K-to-V gradient ratio (as "
           f"above), scaled residual minus {other}; smallest effect 0.1 (a factor 1.26)",
-          lambda r, o=other: grad_ratio(r, "scaled_residual", hi) - grad_ratio(r, o, hi),
+          lambda r, o=other: qk_to_v(r, "scaled_residual", hi) - qk_to_v(r, o, hi),
           stats.Greater(0.0, 0.1)))
     if "residual" in have:
       out.append(Claim(
@@ -174,9 +162,9 @@ def _two_panels(run, along, after, ylabel: str, left: tuple[str, str], right_tit
   fig, axes = plt.subplots(1, 2, figsize=(7.0, 2.8), sharey=True)
   n = 0
   for c in run.config.conditions:
-    profile = along(c, ds[-1])
+    profile = along(run, c, ds[-1])
     n = plotting.band(axes[0], np.arange(profile.shape[1]), profile, COLORS[c], LABELS[c])
-    plotting.band(axes[1], np.array(ds), np.stack([after(c, d) for d in ds], 1),
+    plotting.band(axes[1], np.array(ds), np.stack([after(run, c, d) for d in ds], 1),
                   COLORS[c], LABELS[c])
   if zero:
     for ax in axes:
@@ -192,16 +180,16 @@ def _two_panels(run, along, after, ylabel: str, left: tuple[str, str], right_tit
 
 def profile_figure(prefix: str, ylabel: str, title: str):
   return lambda run: _two_panels(
-      run, lambda c, d: stream(run, prefix, c, d), lambda c, d: last(run, prefix, c, d),
+      run, lambda r, c, d: stream(r, prefix, c, d), lambda r, c, d: last(r, prefix, c, d),
       ylabel, ("blocks applied (depth-{} model; 0 = input)", "along the stream, depth {}"),
       "after the last block", title)
 
 
 def grad_ratio_figure(run):
   return _two_panels(
-      run, lambda c, d: grad_ratio_per_block(run, c, d), lambda c, d: grad_ratio(run, c, d),
-      "log10 √(‖∇W_Q‖‖∇W_K‖) / ‖∇W_V‖", ("block (depth-{} model)", "per block, depth {}"),
-      "mean over blocks",
+      run, lambda r, c, d: np.stack([qk_to_v(r, c, d, [f"L{l}"]) for l in range(d)], 1),
+      qk_to_v, "log10 √(‖∇W_Q‖‖∇W_K‖) / ‖∇W_V‖",
+      ("block (depth-{} model)", "per block, depth {}"), "mean over blocks",
       "Do W_Q and W_K gradients vanish relative to W_V as tokens align?", zero=True)
 
 
@@ -236,34 +224,17 @@ def figures(run) -> list[Figure]:
   ]
 
 
-def summary(run) -> dict:
-  """Per condition and depth: the values the claims and the table read."""
-  out = {}
-  for c in run.config.conditions:
-    for d in depths(run):
-      entry = {"embed_cos_last": last(run, "embed_cos", c, d),
-               "embed_cka_last": last(run, "embed_cka", c, d),
-               "rank_collapse_last": last(run, "rank_collapse", c, d),
-               "log10_qk_to_v_grad": grad_ratio(run, c, d),
-               "loss": at_init(run, "loss", c, d),
-               **{f"grad_norm_{m}": grad_norm(run, m, c, d)
-                  for m in ("query", "key", "value", "out")}}
-      out[name(c, d)] = {k: {**stats.describe(v), "per_seed": v} for k, v in entry.items()}
-  return {"depths": depths(run), "at_init": out}
-
-
 def sections(run, summ) -> list[str]:
-  lines = ["## At initialization, per condition and depth", "",
-           "| condition | depth | cos(last rep., embedding) | rank collapse (last rep.) | "
-           "log10 Q/K-to-V grad ratio | seeds |", "|---|---|---|---|---|---|"]
-  for c in run.config.conditions:
-    for d in depths(run):
-      e = summ["at_init"][name(c, d)]
-      lines.append(f"| {c} | {d} | {report.effect_cell(e['embed_cos_last'])} | "
-                   f"{report.effect_cell(e['rank_collapse_last'])} | "
-                   f"{report.effect_cell(e['log10_qk_to_v_grad'])} | "
-                   f"{e['embed_cos_last']['n']} |")
-  return lines + [""]
+  """Per condition and depth, the values the claims read (per-seed values of
+  every logged metric are in summary["final"]: step 0 is the last step)."""
+  del summ
+  cell = lambda x: report.effect_cell(stats.describe(x))
+  rows = [[c, d, cell(last(run, "embed_cos", c, d)), cell(last(run, "rank_collapse", c, d)),
+           cell(qk_to_v(run, c, d)), run.config.num_seeds]
+          for c in run.config.conditions for d in depths(run)]
+  return ["## At initialization, per condition and depth", ""] + report.table(
+      ["condition", "depth", "cos(last rep., embedding)", "rank collapse (last rep.)",
+       "log10 Q/K-to-V grad ratio", "seeds"], rows) + [""]
 
 
 def describe(run) -> str:
@@ -293,5 +264,4 @@ STUDY = study.Study(
     task="selection", conditions=conditions,
     metrics=(metrics.attention_signal, metrics.representation_metrics, grad_norms),
     claims=claims, figures=figures, describe=describe, validate=validate,
-    compile_options={"init": FAST_COMPILE, "measure": FAST_COMPILE},
-    sections=sections, summary=summary)
+    compile_options=train.FAST_COMPILE, sections=sections)

@@ -11,12 +11,14 @@ import itertools
 
 import numpy as np
 
+from qkvjax import analysis
 from qkvjax import config as config_lib
 from qkvjax import metrics
 from qkvjax import plotting
 from qkvjax import report
 from qkvjax import stats
 from qkvjax import study
+from qkvjax import train
 from qkvjax.study import Claim, Figure
 
 plt = plotting.plt
@@ -26,8 +28,6 @@ VARIANTS = {"scaled": {"model.attn_scale": "inv_sqrt_dk", "model.qk_norm": False
             "qk_norm": {"model.attn_scale": "inv_sqrt_dk", "model.qk_norm": True}}
 COLORS = {"scaled": "#1f77b4", "unscaled": "#d62728", "qk_norm": "#2ca02c"}
 LABELS = {"scaled": "scaled 1/√d_k", "unscaled": "unscaled", "qk_norm": "QK-norm + 1/√d_k"}
-# Init and measure run once per program: far faster to compile without backend optimizations.
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
 QUOTE_SCALE = ("To stabilize the gradients during training, the dot product of Q and K is "
                "scaled by the square root of the dimension of the key vectors")
 QUOTE_EXPLODE = "Scaling: Prevent gradient explosion."
@@ -55,26 +55,30 @@ def validate(c) -> None:
 
 def series(run, what: str, **where) -> tuple[np.ndarray, np.ndarray]:
   """``(steps, [seeds, steps])`` of ``what``: ``loss``, ``accuracy``,
-  ``diverged``; ``grad_qk`` (sqrt(|grad W_Q| |grad W_K|)), ``grad_norm/<matrix>``
-  or a per-layer prefix (``logit_std``), averaged over layers."""
+  ``diverged`` as logged; ``grad_qk`` (sqrt(|grad W_Q| |grad W_K|)),
+  ``grad_norm/<matrix>`` or a per-site prefix (``logit_std``), layer mean."""
   if what in ("loss", "accuracy", "diverged"):
     return run.table(what, **where)
 
-  def layer(l):
+  def site(s):
     if what == "grad_qk":
-      return np.sqrt(run.table(f"grad_norm/L{l}/query", **where)[1]
-                     * run.table(f"grad_norm/L{l}/key", **where)[1])
-    key = f"{what}/L{l}" if not what.startswith("grad_norm/") else (
-        f"grad_norm/L{l}/{what.split('/')[1]}")
-    return run.table(key, **where)[1]
-  return run.table("loss", **where)[0], np.mean(
-      [layer(l) for l in range(run.config.model.n_layers)], 0)
+      return np.sqrt(run.table(f"grad_norm/{s}/query", **where)[1]
+                     * run.table(f"grad_norm/{s}/key", **where)[1])
+    return run.table(what.replace("/", f"/{s}/", 1) if "/" in what else f"{what}/{s}",
+                     **where)[1]
+  sites = [f"L{l}" for l in range(run.config.model.n_layers)]
+  return run.table("loss", **where)[0], analysis.site_mean(site, sites)
 
 
 def at_init(run, what: str, variant: str, d: int) -> np.ndarray:
   """[init seeds]: ``what`` at initialization (the same for every rate: read the first)."""
   cond = name(variant, d, run.config.learning_rates[0])
   return series(run, what, phase="init", condition=cond)[1][:, 0]
+
+
+def by_dhead(run, what: str, variant: str) -> np.ndarray:
+  """[init seeds, d_heads]: ``what`` at initialization against d_k."""
+  return np.stack([at_init(run, what, variant, d) for d in run.config.d_heads], 1)
 
 
 def trained(run, what: str, variant: str, d: int, rate: float):
@@ -109,8 +113,7 @@ def claims(run) -> list[Claim]:
       f"{text} (at initialization)", quote, source, f"{variant}: per seed, least-squares "
       f"slope of log(logit std) on log(d_k) over d_k in {heads} (logit std pooled over "
       f"visible pairs, mean over layers); equivalent to {exponent:g} within ± 0.1 (a fifth "
-      "of the sqrt(d_k) exponent)", lambda r, v=variant: stats.loglog_slope(
-          heads, np.stack([at_init(r, "logit_std", v, h) for h in heads], 1)),
+      "of the sqrt(d_k) exponent)", lambda r, v=variant: stats.loglog_slope(heads, by_dhead(r, "logit_std", v)),
       stats.Equivalent(0.1, center=exponent)) for variant, exponent, text, quote, source in (
           ("unscaled", 0.5, "without scaling, logit std grows like sqrt(d_k)",
            "unscaled logit std should grow like sqrt(d_k)", "qkvjax"),
@@ -161,24 +164,24 @@ def claims(run) -> list[Claim]:
 
 
 # ---- figures -------------------------------------------------------------------
-def _grid(run, rows, cols, values, x, col_title, xlabel: str, title: str, note: str,
-          log_x: bool = True, bands=None):
-  """Panels [rows, cols], one band per variant (or per ``bands``: (name, colour,
-  label)): ``rows`` are (metric, y label, log y); ``values(metric, col, band)``
-  is [seeds, len(x)]."""
+def against(run, rows, cols: dict, values, x, xlabel: str, title: str, note: str,
+            bands=None):
+  """Panels against ``x`` (d_k or learning rate, log scale): rows ``(metric, y
+  label, log y)``, columns ``{title: column}``, one band per variant (or per
+  ``bands``: (name, colour, label)); ``values(metric, column, band)`` is
+  [seeds, len(x)]."""
   bands = bands or [(v, COLORS[v], LABELS[v]) for v in run.config.variants]
   fig, axes = plt.subplots(len(rows), len(cols), squeeze=False, sharex=True,
                            figsize=(3.1 * len(cols) + 0.8, 2.2 * len(rows) + 0.4))
   n = 0
   for (i, j), ax in np.ndenumerate(axes):
-    what, ylabel, log = rows[i]
+    (what, ylabel, log), (col_title, col) = rows[i], list(cols.items())[j]
     for band, color, label in bands:
-      n = max(n, plotting.band(ax, x, values(what, cols[j], band), color, label, log))
-    if log_x:
-      ax.set(xscale="log", xticks=x, xticklabels=[f"{t:g}" for t in x])
-      ax.minorticks_off()
-    ax.set(title=col_title(cols[j]) if i == 0 else "", ylabel=ylabel if j == 0 else "",
+      n = max(n, plotting.band(ax, x, values(what, col, band), color, label, log))
+    ax.set(xscale="log", xticks=x, xticklabels=[f"{t:g}" for t in x],
+           title=col_title if i == 0 else "", ylabel=ylabel if j == 0 else "",
            xlabel=xlabel if i == len(rows) - 1 else "")
+    ax.minorticks_off()
   axes[0][-1].legend(frameon=False, fontsize=7)
   fig.suptitle(title, y=1.0)
   fig.tight_layout()
@@ -188,13 +191,13 @@ def _grid(run, rows, cols, values, x, col_title, xlabel: str, title: str, note: 
 
 def init_figure(run):
   heads = list(run.config.d_heads)
-  fig = _grid(
+  fig = against(
       run, (("logit_std", "std of attention logits", True),
             ("norm_entropy", "entropy / log(#keys)", False),
-            ("grad_qk", "√(‖∇W_Q‖‖∇W_K‖)", True)), [None],
-      lambda what, _, v: np.stack([at_init(run, what, v, h) for h in heads], 1), heads,
-      lambda _: "", "d_k (d_head)", "At initialization: logits, softmax saturation and "
-      "Q/K gradients vs d_k", "layer mean; at initialization")
+            ("grad_qk", "√(‖∇W_Q‖‖∇W_K‖)", True)), {"": None},
+      lambda what, _, v: by_dhead(run, what, v), heads, "d_k (d_head)",
+      "At initialization: logits, softmax saturation and Q/K gradients vs d_k",
+      "layer mean; at initialization")
   if "unscaled" in run.config.variants:
     ref = np.nanmean(at_init(run, "logit_std", "unscaled", heads[0]))
     fig.axes[0].plot(heads, ref * np.sqrt(np.array(heads) / heads[0]), color="0.5", ls=":",
@@ -204,24 +207,24 @@ def init_figure(run):
 
 
 def init_grad_figure(run):
-  heads = list(run.config.d_heads)
-  return _grid(
-      run, (("", "gradient norm at init (layer mean)", True),), list(run.config.variants),
-      lambda _, v, m: np.stack([at_init(run, f"grad_norm/{m}", v, h) for h in heads], 1),
-      heads, LABELS.get, "d_k (d_head)", "Per-matrix gradient norms at initialization",
+  return against(
+      run, (("", "gradient norm at init (layer mean)", True),),
+      {LABELS[v]: v for v in run.config.variants},
+      lambda _, v, m: by_dhead(run, f"grad_norm/{m}", v), list(run.config.d_heads),
+      "d_k (d_head)", "Per-matrix gradient norms at initialization",
       "at initialization", bands=[(m, plotting.MATRIX_COLORS[m], plotting.MATRIX_LABELS[m])
                                   for m in ("query", "key", "value", "out")])
 
 
 def lr_figure(run):
-  fig = _grid(
+  fig = against(
       run, (("loss", "final loss", False), ("diverged", "fraction of seeds diverged", False),
             ("norm_entropy", "final attention entropy / log(#keys)", False),
-            ("max_logit", "final max logit", True)), list(run.config.d_heads),
+            ("max_logit", "final max logit", True)),
+      {f"d_k = {d}": d for d in run.config.d_heads},
       lambda what, d, v: over_rates(run, what, v, d), list(run.config.learning_rates),
-      lambda d: f"d_k = {d}", "learning rate", f"Learning-rate sensitivity after "
-      f"{run.config.steps} steps (dotted: chance loss log n_details)",
-      "per learning rate; diverged runs excluded from the bands")
+      "learning rate", f"Learning-rate sensitivity after {run.config.steps} steps (dotted: "
+      "chance loss log n_details)", "per learning rate; diverged runs excluded from the bands")
   n = len(run.config.d_heads)
   for ax in fig.axes[:n]:
     ax.axhline(np.log(run.config.task.n_details), color="0.5", ls=":", lw=1)
@@ -231,14 +234,19 @@ def lr_figure(run):
 
 
 def curves_figure(run):
-  d, rates = max(run.config.d_heads), list(run.config.learning_rates)
-  return _grid(
-      run, (("max_logit", "max logit", True), ("norm_entropy", "entropy / log(#keys)", False),
-            ("grad_qk", "‖∇W_Q‖,‖∇W_K‖", True), ("loss", "loss", True)), rates,
-      lambda what, r, v: trained(run, what, v, d, r)[1],
-      run.table("loss", condition=name(run.config.variants[0], d, rates[0]))[0],
-      lambda r: f"lr = {r:g}", "step", f"Training at d_k = {d}: logit growth and entropy "
-      "collapse", "diverged seeds stop", log_x=False)
+  """Layer means over training at the largest d_k, a column per rate."""
+  d, rates = max(run.config.d_heads), run.config.learning_rates
+  rows = (("max logit", "max_logit"), ("entropy / log(#keys)", "norm_entropy"),
+          ("√(‖∇W_Q‖‖∇W_K‖)", "grad_qk"), ("loss", "loss"))
+  fig = plotting.band_grid(
+      run, [(label, lambda c, w=what: series(run, w, condition=c)[1]) for label, what in rows],
+      {f"lr = {r:g}": {v: name(v, d, r) for v in run.config.variants} for r in rates},
+      COLORS, LABELS, width=3.1, log=True)
+  for ax in fig.axes[len(rates):2 * len(rates)]:
+    ax.set_yscale("linear")  # the entropy, in 0..1
+  fig.suptitle(f"Training at d_k = {d}: logit growth and entropy collapse (diverged seeds "
+               "stop)", y=1.02)
+  return fig
 
 
 def figures(run) -> list[Figure]:
@@ -252,32 +260,23 @@ def figures(run) -> list[Figure]:
   ]
 
 
-def summary(run) -> dict:
-  """At initialization, per (variant, d_k): the layer means the claims read."""
-  c = run.config
-  return {"init_seeds": int(c.init_seeds), "init": {f"{v}/d{d}": {
-      w: {**stats.describe(x), "per_seed": x} for w in (
-          "logit_std", "max_logit", "norm_entropy", "grad_qk", "grad_norm/value", "loss")
-      for x in [at_init(run, w, v, d)]} for d in c.d_heads for v in c.variants}}
-
-
 def sections(run, summ) -> list[str]:
-  """Tables at initialization (per variant and d_k) and after training (per condition)."""
-  cell, c = report.effect_cell, run.config
-  lines = ["## At initialization", "", "| d_k | variant | logit std | attention entropy / "
-           "log(#keys) | √(‖∇W_Q‖‖∇W_K‖) | seeds |", "|" + "---|" * 6]
-  for d, v in itertools.product(c.d_heads, c.variants):
-    e = summ["init"][f"{v}/d{d}"]
-    lines.append(f"| {d} | {v} | {cell(e['logit_std'])} | {cell(e['norm_entropy'])} | "
-                 f"{cell(e['grad_qk'])} | {e['loss']['n']} |")
-  lines += ["", "## After training (layer means)", "", "| d_k | variant | lr | final loss | "
-            "final entropy / log(#keys) | final max logit | diverged |", "|" + "---|" * 7]
-  for d, v, r in itertools.product(c.d_heads, c.variants, c.learning_rates):
-    end = [cell(stats.describe(trained(run, w, v, d, r)[1][:, -1]))
-           for w in ("loss", "norm_entropy", "max_logit")]
-    div = np.mean(trained(run, "diverged", v, d, r)[1][:, -1] > 0)
-    lines.append(f"| {d} | {v} | {r:g} | {' | '.join(end)} | {div:.2f} |")
-  return lines + [""]
+  """Layer means at initialization (per variant and d_k) and after training (per condition)."""
+  del summ  # per-layer values at init are in summary["at_init"], final ones in ["final"]
+  c = run.config
+  cell = lambda x: report.effect_cell(stats.describe(x))
+  init = [[d, v] + [cell(at_init(run, w, v, d)) for w in ("logit_std", "norm_entropy",
+                                                           "grad_qk")] + [c.init_seeds]
+          for d, v in itertools.product(c.d_heads, c.variants)]
+  end = [[d, v, f"{r:g}"] + [cell(trained(run, w, v, d, r)[1][:, -1])
+                             for w in ("loss", "norm_entropy", "max_logit")]
+         + [f"{np.mean(trained(run, 'diverged', v, d, r)[1][:, -1] > 0):.2f}"]
+         for d, v, r in itertools.product(c.d_heads, c.variants, c.learning_rates)]
+  return (["## At initialization", ""] + report.table(
+      ["d_k", "variant", "logit std", "attention entropy / log(#keys)", "√(‖∇W_Q‖‖∇W_K‖)",
+       "seeds"], init) + ["", "## After training (layer means)", ""] + report.table(
+      ["d_k", "variant", "lr", "final loss", "final entropy / log(#keys)", "final max logit",
+       "diverged"], end) + [""])
 
 
 def describe(run) -> str:
@@ -296,5 +295,4 @@ STUDY = study.Study(
     task="selection", conditions=conditions,
     metrics=(metrics.attention_signal, metrics.weight_norms), claims=claims,
     figures=figures, describe=describe, validate=validate,
-    compile_options={"init": FAST_COMPILE, "measure": FAST_COMPILE},
-    sections=sections, summary=summary, init_seeds="init_seeds")
+    compile_options=train.FAST_COMPILE, sections=sections, init_seeds="init_seeds")
