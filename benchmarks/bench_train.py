@@ -1,30 +1,43 @@
-"""Speed of the specialization experiment's training, by hand:
+"""Training speed, by hand:
 
-    python -m benchmarks.bench_train [--quick]
+    python -m benchmarks.bench_train [--quick]     # this code: compile, throughput, overheads
+    python -m benchmarks.bench_train --torch       # against PyTorch (pip install -e '.[bench]')
 
-Reports, for the default config: compile time, steps/s and seed-steps/s of
-the vmapped ``lax.scan`` chunk, the cost of the in-jit metrics relative to
-plain training, the achieved model GFLOP/s (XLA's cost analysis) beside the
-machine's measured float32 matmul peak, the gain from rolling steps into one
-``lax.scan`` call, and seed-steps/s for 16 seeds in one vmapped program
-against 16 sequential single-seed runs, for a tiny and the default model.
-Writes the numbers to ``results/benchmarks/<timestamp>.json`` too.
+Without ``--torch``: the machine's float32 matmul peak; for the headline
+config, compile times, steps/s and seed-steps/s of the training chunk, the
+model GFLOP/s (XLA's cost analysis) against that peak, and what the in-jit
+metrics cost per logging point; the gain of ``lax.scan`` over one dispatch
+per step; and seed-steps/s of 16 seeds in one vmapped program against 16
+single-seed programs run one after another.
+
+With ``--torch``: for each workload (the headline, 64 seeds, a 4x wider and
+2x deeper model), qkvjax's training chunk on one CPU device and on one device
+per core, against the same model and step in PyTorch (every seed its own
+model, looped; all seeds batched in one model, eager; and batched under
+``torch.compile``), each trial a fresh process, alternated; the median of
+``--trials`` and the ratio qkvjax / PyTorch. Both start from the same weights
+and compute the same loss at initialization (checked first).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
+import os
 import pathlib
-import platform
+import statistics
+import subprocess
+import sys
 import time
 
-import jax
-import jax.numpy as jnp
-
-from qkvjax import config as config_lib
-from qkvjax import results
-from qkvjax import train
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+WORKLOADS = {  # name: config overrides of the headline config
+    "headline": {},
+    "64 seeds": {"num_seeds": 64},
+    "larger model": {"model.d_model": 256, "model.n_layers": 4, "model.n_heads": 8,
+                     "model.d_head": 32, "model.d_mlp": 512},
+}
 
 
 def _time(fn, repeats: int) -> float:
@@ -37,7 +50,20 @@ def _time(fn, repeats: int) -> float:
   return best
 
 
+def _config(overrides=None):
+  from qkvjax import config as config_lib  # pylint: disable=g-import-not-at-top
+  return config_lib.apply_overrides(config_lib.load_config("specialization"), overrides or {})
+
+
+def _trainer(cfg, metric_fns=()):
+  from qkvjax import tasks, train  # pylint: disable=g-import-not-at-top
+  return train.Trainer(cfg, tasks.make("selection", cfg), metrics=metric_fns)
+
+
+# ---- this code -------------------------------------------------------------------------
 def matmul_peak_gflops(n: int = 1024, repeats: int = 10) -> float:
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
   b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
   f = jax.jit(lambda a, b: a @ b)
@@ -52,11 +78,14 @@ def _flops(compiled) -> float | None:
   return None if not cost else float(cost.get("flops", 0.0)) or None
 
 
-def bench_config(cfg, chunk: int, repeats: int) -> dict:
-  """Compile times and throughput of one config's vmapped training."""
+def bench_config(cfg, repeats: int) -> dict:
+  """Compile times, throughput and metrics cost of one config's training."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from qkvjax.studies import specialization  # pylint: disable=g-import-not-at-top
+  chunk = cfg.log_every
   out = {"num_seeds": cfg.num_seeds, "chunk_steps": chunk}
   t0 = time.perf_counter()
-  trainer = train.make_trainer(cfg)
+  trainer = _trainer(cfg, specialization.STUDY.metrics)
   state = trainer.init_states()
   jax.block_until_ready(state)
   out["compile_init_s"] = time.perf_counter() - t0
@@ -64,8 +93,9 @@ def bench_config(cfg, chunk: int, repeats: int) -> dict:
   t0 = time.perf_counter()
   step_fn.lower(state).compile()
   out["compile_chunk_s"] = time.perf_counter() - t0
+  values = trainer._values()  # pylint: disable=protected-access
   t0 = time.perf_counter()
-  compiled_measure = trainer.measure.lower(state).compile()
+  trainer.measure.lower(state, values).compile()
   out["compile_measure_s"] = time.perf_counter() - t0
   holder = [step_fn(state)]
   jax.block_until_ready(holder[0])
@@ -75,7 +105,7 @@ def bench_config(cfg, chunk: int, repeats: int) -> dict:
     jax.block_until_ready(holder[0])
 
   t_chunk = _time(run_chunk, repeats)
-  t_measure = _time(lambda: jax.block_until_ready(trainer.measure(holder[0])), repeats)
+  t_measure = _time(lambda: jax.block_until_ready(trainer.measure(holder[0], values)), repeats)
   out["steps_per_s"] = chunk / t_chunk
   out["seed_steps_per_s"] = chunk * cfg.num_seeds / t_chunk
   # XLA counts a scan body once, so take FLOPs from a one-step program.
@@ -83,7 +113,6 @@ def bench_config(cfg, chunk: int, repeats: int) -> dict:
   out["gflop_per_step"] = None if flops is None else flops / 1e9
   out["achieved_gflops"] = None if flops is None else flops * chunk / t_chunk / 1e9
   out["measure_s"] = t_measure
-  out["measure_gflop"] = (lambda f: None if f is None else f / 1e9)(_flops(compiled_measure))
   # Metrics cost: one measure per log_every steps, relative to those steps.
   out["metrics_overhead"] = t_measure / (t_chunk / chunk * cfg.log_every)
   return out
@@ -91,7 +120,8 @@ def bench_config(cfg, chunk: int, repeats: int) -> dict:
 
 def scan_gain(cfg, n: int, repeats: int) -> dict:
   """n steps as one scan call vs n calls of a one-step program."""
-  trainer = train.make_trainer(cfg)
+  import jax  # pylint: disable=g-import-not-at-top
+  trainer = _trainer(cfg)
   one, many = trainer.train_chunk(1), trainer.train_chunk(n)
   holder = [many(one(trainer.init_states()))]
   jax.block_until_ready(holder[0])
@@ -103,17 +133,17 @@ def scan_gain(cfg, n: int, repeats: int) -> dict:
       jax.block_until_ready(holder[0])
     return go
 
-  t_one = _time(run(one, n), repeats)
-  t_many = _time(run(many, 1), repeats)
-  return {"steps": n, "per_step_dispatch_s": t_one, "one_scan_s": t_many,
-          "scan_speedup": t_one / t_many}
+  t_one, t_many = _time(run(one, n), repeats), _time(run(many, 1), repeats)
+  return {"steps": n, "scan_speedup": t_one / t_many}
 
 
-def vmap_gain(cfg, num_seeds: int, chunk: int, repeats: int) -> dict:
+def vmap_gain(cfg, num_seeds: int, repeats: int) -> dict:
   """Seed-steps/s: ``num_seeds`` seeds in one vmapped program against the
   same seeds run one after another (a single-seed program each)."""
-  cfg = config_lib.apply_overrides(cfg, {"num_seeds": str(num_seeds)})
-  together = train.make_trainer(cfg)
+  import jax  # pylint: disable=g-import-not-at-top
+  from qkvjax import config as config_lib  # pylint: disable=g-import-not-at-top
+  chunk = cfg.log_every
+  together = _trainer(config_lib.apply_overrides(cfg, {"num_seeds": num_seeds}))
   f = together.train_chunk(chunk)
   holder = [f(together.init_states())]
   jax.block_until_ready(holder[0])
@@ -122,8 +152,7 @@ def vmap_gain(cfg, num_seeds: int, chunk: int, repeats: int) -> dict:
     holder[0] = f(holder[0])
     jax.block_until_ready(holder[0])
 
-  t_vmapped = _time(run_vmapped, repeats)
-  single = train.make_trainer(config_lib.apply_overrides(cfg, {"num_seeds": "1"}))
+  single = _trainer(config_lib.apply_overrides(cfg, {"num_seeds": 1}))
   g = single.train_chunk(chunk)
   states = [g(single.init_states()) for _ in range(num_seeds)]
   jax.block_until_ready(states)
@@ -133,91 +162,162 @@ def vmap_gain(cfg, num_seeds: int, chunk: int, repeats: int) -> dict:
       states[i] = g(states[i])
       jax.block_until_ready(states[i])
 
-  t_seq = _time(run_sequential, repeats)
-  # The naive baseline: each seed dispatched one step at a time.
-  g1 = single.train_chunk(1)
-  states = [g1(s) for s in states]
-  jax.block_until_ready(states)
-
-  def run_per_step():
-    for i in range(num_seeds):
-      for _ in range(chunk):
-        states[i] = g1(states[i])
-      jax.block_until_ready(states[i])
-
-  t_step = _time(run_per_step, max(1, repeats // 2))
-  return {"num_seeds": num_seeds,
-          "vmapped_seed_steps_per_s": num_seeds * chunk / t_vmapped,
+  t_vmapped, t_seq = _time(run_vmapped, repeats), _time(run_sequential, repeats)
+  return {"num_seeds": num_seeds, "vmapped_seed_steps_per_s": num_seeds * chunk / t_vmapped,
           "sequential_seed_steps_per_s": num_seeds * chunk / t_seq,
-          "sequential_per_step_seed_steps_per_s": num_seeds * chunk / t_step,
-          "vmap_speedup": t_seq / t_vmapped,
-          "vmap_speedup_vs_per_step": t_step / t_vmapped}
+          "vmap_speedup": t_seq / t_vmapped}
 
 
 def tiny(cfg):
+  from qkvjax import config as config_lib  # pylint: disable=g-import-not-at-top
   return config_lib.apply_overrides(cfg, {
-      "model.d_model": "16", "model.n_heads": "2", "model.d_head": "8",
-      "model.n_layers": "1", "model.d_mlp": "32", "batch_size": "8"})
+      "model.d_model": 16, "model.n_heads": 2, "model.d_head": 8, "model.n_layers": 1,
+      "model.d_mlp": 32, "batch_size": 8})
 
 
-def reference_shape(cfg):
-  """One seed of the issue's reference model: d_model 64, 4 heads, 2 layers,
-  batch 64 x 32 tokens, Adam (31 noun slots + the verb = 32 tokens)."""
-  return config_lib.apply_overrides(cfg, {
-      "num_seeds": "1", "task.n_categories": "31", "task.n_slots": "31",
-      "task.nouns_per_category": "2", "batch_size": "64"})
+def report_this(args) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  repeats = 2 if args.quick else 5
+  cfg = _config()
+  rep = {"backend": jax.default_backend(), "devices": len(jax.devices()),
+         "matmul_peak_gflops": matmul_peak_gflops(repeats=repeats * 2),
+         "default": bench_config(cfg, repeats), "scan": scan_gain(cfg, 10, repeats),
+         "vmap16_tiny": vmap_gain(tiny(cfg), 16, repeats),
+         "vmap16_default": vmap_gain(cfg, 16, repeats)}
+  d, peak = rep["default"], rep["matmul_peak_gflops"]
+  print(f"{rep['devices']} {rep['backend']} device(s); float32 matmul peak "
+        f"(1024^3, jitted): {peak:.1f} GFLOP/s")
+  print(f"headline config ({d['num_seeds']} seeds vmapped): {d['steps_per_s']:.1f} steps/s, "
+        f"{d['seed_steps_per_s']:.0f} seed-steps/s")
+  if d["achieved_gflops"]:
+    print(f"  model FLOPs: {d['gflop_per_step']:.3f} GFLOP/step -> {d['achieved_gflops']:.1f} "
+          f"GFLOP/s ({100 * d['achieved_gflops'] / peak:.0f}% of matmul peak)")
+  print(f"  compile: init {d['compile_init_s']:.1f} s, chunk {d['compile_chunk_s']:.1f} s, "
+        f"measure {d['compile_measure_s']:.1f} s")
+  print(f"  metrics cost: {d['measure_s'] * 1e3:.0f} ms per logging point = "
+        f"{100 * d['metrics_overhead']:.1f}% of the {cfg.log_every} steps between them")
+  print(f"lax.scan of 10 steps vs 10 one-step dispatches: {rep['scan']['scan_speedup']:.2f}x")
+  for name in ("vmap16_tiny", "vmap16_default"):
+    v = rep[name]
+    print(f"{name}: vmapped {v['vmapped_seed_steps_per_s']:.0f} vs sequential "
+          f"{v['sequential_seed_steps_per_s']:.0f} seed-steps/s -> {v['vmap_speedup']:.2f}x")
+  return rep
+
+
+# ---- against PyTorch ---------------------------------------------------------------------
+TRIAL = r"""
+import json, os, sys, time
+side, overrides = sys.argv[1], json.loads(sys.argv[2])
+sys.path.insert(0, os.getcwd())
+from benchmarks.bench_train import _config, _trainer
+import jax, numpy as np
+cfg = _config(overrides)
+trainer = _trainer(cfg)
+state = trainer.init_states()
+steps = cfg.log_every
+if side == "qkvjax":
+  chunk = trainer.train_chunk(steps)
+  state = chunk(state); jax.block_until_ready(state)
+  times = []
+  for _ in range(5):
+    t0 = time.perf_counter(); state = chunk(state); jax.block_until_ready(state)
+    times.append(time.perf_counter() - t0)
+  print(json.dumps({"seed_steps_per_s": steps * cfg.num_seeds / sorted(times)[2],
+                    "devices": len(jax.devices())}))
+  sys.exit(0)
+import torch
+from flax import nnx
+from benchmarks import torch_model
+torch.set_num_threads(os.cpu_count())
+pure = nnx.to_pure_dict(jax.device_get(state.params))
+params = torch_model.from_jax(pure, cfg.model.n_layers)
+batches = [trainer.task.sample(jax.random.PRNGKey(i), cfg.batch_size * cfg.num_seeds)
+           for i in range(8)]
+data = [(torch.tensor(np.asarray(b.tokens_BxT).reshape(cfg.num_seeds, cfg.batch_size, -1),
+                      dtype=torch.long),
+         torch.tensor(np.asarray(b.target_B).reshape(cfg.num_seeds, -1), dtype=torch.long))
+        for b in batches]
+# Same weights, same batch: the same loss at initialization.
+tokens, target = data[0]
+with torch.no_grad():
+  ours = torch_model.loss_fn(params, tokens, target, cfg.model.n_layers).item() / cfg.num_seeds
+def jax_loss(i):
+  one = lambda x: x[i]
+  batch = type(batches[0])(jax.numpy.asarray(tokens[i].numpy()),
+                           jax.numpy.asarray(target[i].numpy()), None)
+  return float(trainer.loss_fn(jax.tree.map(one, state.params),
+                               jax.tree.map(one, state.model_rest), batch)[0])
+theirs = float(np.mean([jax_loss(i) for i in range(cfg.num_seeds)]))
+if abs(ours - theirs) > 1e-4 * max(1.0, abs(theirs)):
+  raise SystemExit(f"loss at init differs: torch {ours} vs jax {theirs}")
+model = (torch_model.Looped(params, cfg.model.n_layers) if side == "torch looped" else
+         torch_model.Batched(params, cfg.model.n_layers, compile_step=side == "torch compiled"))
+for i in range(3):  # warm-up (and compilation)
+  model.step(*data[i % len(data)])
+times = []
+for _ in range(5):
+  t0 = time.perf_counter()
+  for i in range(steps):
+    model.step(*data[i % len(data)])
+  times.append(time.perf_counter() - t0)
+print(json.dumps({"seed_steps_per_s": steps * cfg.num_seeds / sorted(times)[2],
+                  "loss_at_init": [ours, theirs]}))
+"""
+
+SIDES = ("qkvjax", "qkvjax, 1 device per core", "torch looped", "torch batched",
+         "torch compiled")
+
+
+def torch_trial(side: str, overrides: dict) -> dict:
+  devices = os.cpu_count() if side == "qkvjax, 1 device per core" else 1
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "QKVJAX_CPU_DEVICES": str(devices),
+         "JAX_NUM_CPU_DEVICES": str(devices)}
+  proc = subprocess.run([sys.executable, "-c", TRIAL, side.split(",")[0], json.dumps(overrides)],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
+  if proc.returncode != 0:
+    return {"error": (proc.stderr or proc.stdout).strip().splitlines()[-1][:200]}
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def report_torch(args) -> dict:
+  out: dict = {}
+  for name, overrides in WORKLOADS.items():
+    got = {side: [] for side in SIDES}
+    for t in range(args.trials):
+      for side in (SIDES if t % 2 == 0 else SIDES[::-1]):
+        got[side].append(torch_trial(side, overrides))
+      print(f"{name}, trial {t}: " + ", ".join(
+          f"{s}: {g[-1].get('seed_steps_per_s', g[-1].get('error'))}" for s, g in got.items()),
+            flush=True)
+    out[name] = {s: [r.get("seed_steps_per_s") for r in g] for s, g in got.items()}
+  print(f"\nseed-steps/s, median of {args.trials} alternated trials (min-max), and the ratio "
+        "of medians qkvjax / PyTorch batched eager and / torch.compile:")
+  for name, sides in out.items():
+    med = {s: statistics.median([v for v in vals if v]) if any(vals) else None
+           for s, vals in sides.items()}
+    cells = [f"{s} {med[s]:.0f} ({min(v for v in sides[s] if v):.0f}-"
+             f"{max(v for v in sides[s] if v):.0f})" if med[s] else f"{s} failed"
+             for s in SIDES]
+    best = max((med[s] for s in SIDES[:2] if med[s]), default=None)
+    ratios = [f"x{best / med[s]:.2f} vs {s}" for s in ("torch batched", "torch compiled")
+              if best and med[s]]
+    print(f"  {name}: " + "; ".join(cells) + (f"  -> best qkvjax {', '.join(ratios)}"
+                                              if ratios else ""))
+  return out
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="fewer repeats (smoke test)")
+  parser.add_argument("--torch", action="store_true", help="compare with PyTorch")
+  parser.add_argument("--trials", type=int, default=5)
   parser.add_argument("--out", default="results/benchmarks")
   args = parser.parse_args()
-  repeats = 2 if args.quick else 5
-  cfg = config_lib.load_config("specialization")
-  report = {
-      "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                  "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
-                  "cpu_count": __import__("os").cpu_count()},
-      "versions": results.provenance()["versions"],
-      "matmul_peak_gflops": matmul_peak_gflops(repeats=repeats * 2),
-      "default": bench_config(cfg, cfg.log_every, repeats),
-      "reference_1seed_32tok": bench_config(reference_shape(cfg), 10, repeats),
-      "scan": scan_gain(reference_shape(cfg), 10, repeats),
-      "vmap16_tiny": vmap_gain(tiny(cfg), 16, cfg.log_every, repeats),
-      "vmap16_default": vmap_gain(cfg, 16, cfg.log_every, repeats),
-  }
-  d = report["default"]
-  print(f"machine: {report['machine']['processor'] or report['machine']['platform']}, "
-        f"{report['machine']['cpu_count']} cores, backend {report['machine']['backend']}")
-  print(f"float32 matmul peak (1024^3, jitted): {report['matmul_peak_gflops']:.1f} GFLOP/s")
-  print(f"default config ({d['num_seeds']} seeds vmapped): "
-        f"{d['steps_per_s']:.1f} steps/s, {d['seed_steps_per_s']:.0f} seed-steps/s")
-  if d["achieved_gflops"]:
-    print(f"  model FLOPs: {d['gflop_per_step']:.3f} GFLOP/step -> "
-          f"{d['achieved_gflops']:.1f} GFLOP/s "
-          f"({100 * d['achieved_gflops'] / report['matmul_peak_gflops']:.0f}% of matmul peak)")
-  print(f"  compile: init {d['compile_init_s']:.1f} s, chunk {d['compile_chunk_s']:.1f} s, "
-        f"measure {d['compile_measure_s']:.1f} s")
-  print(f"  metrics cost: {d['measure_s'] * 1e3:.0f} ms per logging point = "
-        f"{100 * d['metrics_overhead']:.1f}% of the {cfg.log_every} steps between them")
-  r = report["reference_1seed_32tok"]
-  print(f"reference shape (1 seed, batch 64 x 32 tokens): {r['steps_per_s']:.1f} steps/s, "
-        f"{r['gflop_per_step']:.2f} GFLOP/step -> {r['achieved_gflops']:.1f} GFLOP/s")
-  s = report["scan"]
-  print(f"reference shape, lax.scan of {s['steps']} steps vs {s['steps']} one-step "
-        f"dispatches: {s['scan_speedup']:.2f}x")
-  for name in ("vmap16_tiny", "vmap16_default"):
-    v = report[name]
-    print(f"{name}: vmapped {v['vmapped_seed_steps_per_s']:.0f} vs sequential "
-          f"{v['sequential_seed_steps_per_s']:.0f} seed-steps/s (each seed a 40-step scan) "
-          f"-> {v['vmap_speedup']:.2f}x; vs sequential one-step dispatches "
-          f"{v['sequential_per_step_seed_steps_per_s']:.0f} -> "
-          f"{v['vmap_speedup_vs_per_step']:.2f}x")
+  rep = report_torch(args) if args.torch else report_this(args)
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
-  path = out / f"{datetime.datetime.now():%Y%m%d-%H%M%S}.json"
-  results.write_json(path, report)
+  path = out / f"{'torch-' if args.torch else ''}{datetime.datetime.now():%Y%m%d-%H%M%S}.json"
+  path.write_text(json.dumps(rep, indent=1, default=str) + "\n")
   print(f"wrote {path}")
 
 
