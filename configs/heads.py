@@ -20,6 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.steps = 600
   c.log_every = 50      # steps between logging points (metrics at step 0 too)
   c.batch_size = 64
+  c.checkpoint_every = 10  # logging points between train-state checkpoints (and the last)
 
   c.n_heads_list = (1, 2, 4, 8)  # head counts, one condition (program) each
   # "total": n_heads * d_head fixed at model.d_model (d_head = d_model / n_heads);

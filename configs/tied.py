@@ -19,6 +19,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.steps = 800
   c.log_every = 25      # steps between logging points (metrics at step 0 too)
   c.batch_size = 64
+  c.checkpoint_every = 10  # logging points between train-state checkpoints (and the last)
 
   # Conditions: none (separate W_Q, W_K, W_V), qk (W_K = W_Q), qkv
   # (W_Q = W_K = W_V), no_value (V = the layer input; needs

@@ -12,6 +12,7 @@ from flax import nnx
 
 from experiments import run as run_cli
 from qkvjax import config as config_lib
+from qkvjax import metrics
 from qkvjax import models
 from qkvjax import study
 from qkvjax.studies import heads
@@ -72,7 +73,7 @@ def test_ablating_a_head_removes_exactly_its_output():
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   tokens = jax.random.randint(jax.random.PRNGKey(1), (3, 5), 0, 12)
   _, full = models.apply(model, tokens)
-  ablated_params = heads.ablate_head(params, "L0", 1)
+  ablated_params = metrics.ablate_head(params, "L0", 1)
   _, ablated = models.apply(nnx.merge(graphdef, ablated_params, rest), tokens)
   tr, w_o = full.attention["L0"], params["layers"][0]["attn"]["out"][...]
   head_out_BxTxM = jnp.einsum("bts,bsd,dm->btm", tr.weights_BxHxTxS[:, 1],

@@ -15,29 +15,26 @@ from __future__ import annotations
 
 import collections
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from qkvjax import config as config_lib
-from qkvjax import models
+from qkvjax import metrics
 from qkvjax import plotting
 from qkvjax import report
 from qkvjax import stats
 from qkvjax import study
+from qkvjax import train
 from qkvjax.study import Claim, Figure
+from qkvjax.tasks import base
 from qkvjax.tasks.relations import RELATIONS
 
-plt = plotting.plt
 REL_TEXT = {"select": "select: verb -> the noun it selects (answer: its colour)",
             "prev": "prev: verb -> the token before it (answer: the adverb's manner)"}
 HEAD_BUDGETS = ("total", "per_head")
 MIN_DAMAGE = 1e-3  # nats: below this total, a relation's ablation profile is undefined
 QUOTE = ("Different attention heads form a \"division of labor\" ... like having a team "
          "of detectives investigating different directions")
-# As in `tied`: one-shot init and measure compile fastest at level 0, chunks at level 1.
-COMPILE = {k: {"xla_backend_optimization_level": v}
-           for k, v in (("init", 0), ("measure", 0), ("chunk", 1))}
 
 
 def conditions(config) -> dict[str, dict]:
@@ -65,34 +62,22 @@ def validate(c) -> None:
 
 
 # ---- metric (inside the jit) ----------------------------------------------------------
-def ablate_head(params, site: str, head: int):
-  """``params`` with head ``head`` of attention ``site`` removed: its W_O slice
-  is zero, so its output never reaches the residual stream."""
-  def one(path, x):
-    name = models.site_name(tuple(k.key for k in path if hasattr(k, "key")))
-    return x.at[head].set(0.0) if name == f"{site}/out" else x
-  return jax.tree_util.tree_map_with_path(one, params)
-
-
 def head_metrics(m) -> dict:
   """On one fixed eval batch: loss and accuracy (per relation too); per site,
   head and relation, the final position's attention on the relation's target
   and the relation's loss increase when the head alone is ablated."""
   ev = m.eval_batch(m.config.eval_batch_size)
-  loss, base, captured = m.forward(ev)
-  out = {"eval_loss": loss, **{f"eval_{k}": v for k, v in base.items()}}
-  targets = {"select": ev.target_pos_B, "prev": ev.prev_pos_B}
+  loss, full, captured = m.forward(ev)
+  out = {"eval_loss": loss, **{f"eval_{k}": v for k, v in full.items()}}
   for site, tr in captured.attention.items():
-    w_BxHxS = tr.weights_BxHxTxS[:, :, -1]
-    for r, pos_B in targets.items():
-      on_BxS = jnp.arange(w_BxHxS.shape[-1])[None, :] == pos_B[:, None]
-      share_H = jnp.mean(jnp.sum(jnp.where(on_BxS[:, None], w_BxHxS, 0.0), -1), 0)
-      for h in range(w_BxHxS.shape[1]):
-        out[f"share/{r}/{site}/H{h}"] = share_H[h]
-    for h in range(w_BxHxS.shape[1]):
-      ablated = m.forward(ev, params=ablate_head(m.params, site, h))[1]
+    w_BxSxH = jnp.swapaxes(tr.weights_BxHxTxS[:, :, -1], 1, 2)
+    for r, pos_B in (("select", ev.target_pos_B), ("prev", ev.prev_pos_B)):
+      share_H = jnp.mean(base.at_position(w_BxSxH, pos_B), 0)
+      out.update({f"share/{r}/{site}/H{h}": share_H[h] for h in range(w_BxSxH.shape[2])})
+    for h in range(w_BxSxH.shape[2]):
+      ablated = m.forward(ev, params=metrics.ablate_head(m.params, site, h))[1]
       for r in RELATIONS:
-        out[f"ablation/{r}/{site}/H{h}"] = ablated[f"loss/{r}"] - base[f"loss/{r}"]
+        out[f"ablation/{r}/{site}/H{h}"] = ablated[f"loss/{r}"] - full[f"loss/{r}"]
   return out
 
 
@@ -128,9 +113,8 @@ def separation(m_SxKxR: np.ndarray) -> np.ndarray:
 def distinct_top_heads(d_SxKxR: np.ndarray) -> np.ndarray:
   """Per seed, 1 if the head whose ablation hurts ``select`` most is not the
   one that hurts ``prev`` most, else 0 (NaN for a diverged seed)."""
-  out = (np.argmax(np.nan_to_num(d_SxKxR[..., 0], nan=-np.inf), 1)
-         != np.argmax(np.nan_to_num(d_SxKxR[..., 1], nan=-np.inf), 1)).astype(float)
-  return np.where(np.all(np.isfinite(d_SxKxR), (1, 2)), out, np.nan)
+  top_SxR = np.argmax(np.nan_to_num(d_SxKxR, nan=-np.inf), 1)
+  return np.where(np.all(np.isfinite(d_SxKxR), (1, 2)), top_SxR[:, 0] != top_SxR[:, 1], np.nan)
 
 
 def participation(d_SxKxR: np.ndarray) -> np.ndarray:
@@ -222,61 +206,40 @@ def summary(run) -> dict:
 
 # ---- figures and report (from the saved run) ------------------------------------------
 def accuracy_figure(run):
-  fig, axes = plt.subplots(1, len(RELATIONS), figsize=(3.4 * len(RELATIONS), 2.7), sharey=True)
-  colors = plotting.condition_colors(list(run.conditions))
-  for ax, r in zip(axes, RELATIONS):
-    for cond in run.conditions:
-      steps, acc = run.table(f"eval_accuracy/{r}", condition=cond)
-      n = plotting.band(ax, steps, acc, colors[cond], cond)
+  """Rows: relations; a band per head count."""
+  fig = plotting.band_grid(
+      run, [("eval accuracy", f"eval_accuracy/{r}") for r in RELATIONS], {"": {
+          c: c for c in run.conditions}}, plotting.condition_colors(list(run.conditions)),
+      height=2.6, width=4.4)
+  for ax, r in zip(fig.axes, RELATIONS):
     ax.axhline(chance(run)[r], color="0.5", ls=":", lw=1, label="best without attention")
-    ax.set(title=REL_TEXT[r].replace(" (", "\n("), xlabel="step", ylim=(0, 1.02))
-  axes[0].set_ylabel("eval accuracy")
-  axes[-1].legend(frameon=False, fontsize=7)
-  plotting.seed_note(fig, n)
+    ax.set(title=REL_TEXT[r], ylim=(0, 1.02))
+  fig.axes[0].legend(frameon=False, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+  fig.tight_layout()
   return fig
 
 
 def heatmap_figure(run, prefix: str, title: str, cmap: str):
   """Rows: head counts; columns: seeds; each cell a head x relation heatmap."""
-  conds, seeds = list(run.conditions), run.config.num_seeds
-  rows = [n_heads(run, c) * run.config.model.n_layers + 2 for c in conds]
-  fig, axes = plt.subplots(len(conds), seeds + 1, squeeze=False, figsize=(
-      1.0 * seeds + 1.2, 0.32 * sum(rows) + 0.8), gridspec_kw={
-          "height_ratios": rows, "width_ratios": [1] * seeds + [0.15]})
-  for i, cond in enumerate(conds):
-    m = head_matrix(run, prefix, cond, -1)
-    for s, ax in enumerate(axes[i][:-1]):
-      im = ax.imshow(m[s], cmap=cmap, vmin=0, aspect="auto",
-                     vmax=1.0 if prefix == "share" else max(np.nanmax(m), 1e-6))
-      ax.set_xticks(range(len(RELATIONS)), RELATIONS if i == len(conds) - 1 else [""] * 2,
-                    fontsize=6)
-      ax.set_yticks(range(m.shape[1]), [f"H{j}" if s == 0 else "" for j in range(m.shape[1])],
-                    fontsize=5)
-      ax.set_title(f"seed {s}" if i == 0 else "", fontsize=7)
-      ax.set_ylabel(cond if s == 0 else "", fontsize=7)
-    fig.colorbar(im, cax=axes[i][-1]).ax.tick_params(labelsize=5)
-  fig.suptitle(title, fontsize=8, y=1.0)
-  fig.text(0.99, 0.0, f"one panel per seed, {seeds} seeds", ha="right", fontsize=7, color="0.4")
-  return fig
+  return plotting.seed_heatmaps({c: head_matrix(run, prefix, c, -1) for c in run.conditions},
+                                RELATIONS, title, cmap, 1.0 if prefix == "share" else None)
 
 
 def separation_figure(run):
+  """Rows: the separation indices and effective heads per relation; dots: seeds."""
   panels = (("separation_attn", "separation index\n(attention share)"),
             ("separation_ablation", "separation index\n(ablation damage)"),
             ("n_eff_select", "effective heads\ncarrying select"),
             ("n_eff_prev", "effective heads\ncarrying prev"))
-  colors = plotting.condition_colors(list(run.conditions))
   per = {c: per_seed(run, c) for c in run.conditions}
-  fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 2.8))
-  for ax, (key, label) in zip(axes, panels):
-    plotting.per_seed_dots(ax, {c: per[c][key] for c in per}, colors)
-    if key.startswith("separation"):
-      ax.axhline(run.config.separation_threshold, color="0.5", ls="--", lw=1)
-      ax.set_ylim(-0.02, 1.02)
-    ax.set_ylabel(label)
-  fig.suptitle("At the end, per seed (dots) and mean ± 1 std; dashed: threshold", y=1.0)
-  fig.tight_layout()
-  plotting.seed_note(fig, run.config.num_seeds, "dots: seeds")
+  fig = plotting.dots_grid(
+      [(label, lambda c, k=k: per[c][k]) for k, label in panels],
+      {"At the end, per seed (dots) and mean ± 1 std; dashed: threshold":
+       {c: c for c in run.conditions}}, plotting.condition_colors(list(run.conditions)),
+      height=2.2, width=4.4)
+  for ax, _ in zip(fig.axes, panels[:2]):
+    ax.axhline(run.config.separation_threshold, color="0.5", ls="--", lw=1)
+    ax.set_ylim(-0.02, 1.02)
   return fig
 
 
@@ -306,30 +269,30 @@ def describe(run) -> str:
 
 
 def sections(run, summ) -> list[str]:
-  lines = ["## Per head count (final values)", "",
-           "| heads | d_head | accuracy select | accuracy prev | separation (attention) at "
-           "init → end | separation (ablation) | distinct top heads | effective heads select "
-           "/ prev | modal assignment (share of seeds) |", "|---" * 9 + "|"]
+  rows = []
   for cond, e in summ["heads"].items():
     f = lambda k: report.fmt(e[k]["mean"])  # pylint: disable=cell-var-from-loop
     top, modal = e["distinct_top_heads"], e["modal_pattern"]
-    lines.append("| " + " | ".join([
-        cond, str(e["d_head"]), report.effect_cell(e["acc_select"]),
+    rows.append([
+        cond, e["d_head"], report.effect_cell(e["acc_select"]),
         report.effect_cell(e["acc_prev"]), f"{f('separation_attn_init')} → {f('separation_attn')}",
         report.effect_cell(e["separation_ablation"]),
         "n/a" if top["mean"] is None else f"{round(top['mean'] * top['n'])}/{top['n']}",
         f"{f('n_eff_select')} / {f('n_eff_prev')}",
-        "n/a" if modal is None else f"{modal} ({e['modal_fraction']:.0%})"]) + " |")
+        "n/a" if modal is None else f"{modal} ({e['modal_fraction']:.0%})"])
   ch = summ["chance"]
-  return lines + ["", f"Best accuracy without attention: select {ch['select']:.3f} (the verb "
-                  f"alone), prev {ch['prev']:.3f} (most common manner). Assignment: a head "
-                  "takes a relation when its share of that relation's ablation damage is at "
-                  "least its uniform share 1/heads; every seed's pattern is in `summary.json`.",
-                  ""]
+  return ["## Per head count (final values)", ""] + report.table(
+      ["heads", "d_head", "accuracy select", "accuracy prev", "separation (attention) at "
+       "init → end", "separation (ablation)", "distinct top heads", "effective heads select "
+       "/ prev", "modal assignment (share of seeds)"], rows) + [
+           "", f"Best accuracy without attention: select {ch['select']:.3f} (the verb alone), "
+           f"prev {ch['prev']:.3f} (most common manner). Assignment: a head takes a relation "
+           "when its share of that relation's ablation damage is at least its uniform share "
+           "1/heads; every seed's pattern is in `summary.json`.", ""]
 
 
 STUDY = study.Study(
     name="heads", title="qkvjax `heads`: do attention heads specialize to different relations?",
     task="two_relations", conditions=conditions, metrics=(head_metrics,), claims=claims,
-    figures=figures, describe=describe, validate=validate, compile_options=COMPILE,
+    figures=figures, describe=describe, validate=validate, compile_options=train.FAST_COMPILE,
     sections=sections, summary=summary)

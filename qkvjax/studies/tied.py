@@ -21,10 +21,10 @@ from qkvjax import plotting
 from qkvjax import report
 from qkvjax import stats
 from qkvjax import study
+from qkvjax import train
 from qkvjax.study import Claim, Figure
 from qkvjax.tasks import base
 
-plt = plotting.plt
 MODES = {  # model overrides of each tie mode
     "none": {"model.tie": "none", "model.value_proj": True},
     "qk": {"model.tie": "qk", "model.value_proj": True},
@@ -47,10 +47,6 @@ QUOTE_SELF = ("(consequence of W_K = W_Q: symmetric scores, and a token scores i
 # Per-head metrics are also logged over the heads: their mean, or the best head's.
 HEADS = {"attn_self": "mean", "attn_target": "best", "self_ge_target": "mean",
          "key_norm_ratio": "mean"}
-# Measured on 2 CPU cores: one-shot init and measure compile at level 0 (6 s -> 1 s, 5.7 s ->
-# 1.6 s), chunks at level 1 (7.2 s -> 3.9 s), each running as fast as at the default.
-COMPILE = {k: {"xla_backend_optimization_level": v}
-           for k, v in (("init", 0), ("measure", 0), ("chunk", 1))}
 
 
 def conditions(config) -> dict[str, dict]:
@@ -103,20 +99,15 @@ def eval_metrics(m) -> dict:
 
 
 # ---- analysis (from the saved run) ----------------------------------------------------
-def steps_to_threshold(steps: np.ndarray, acc_SxN: np.ndarray, threshold: float,
-                       censor: float) -> np.ndarray:
-  """Per seed, the first logged step whose accuracy is >= ``threshold``;
-  ``censor`` if never reached, NaN if the seed diverged before reaching it."""
-  hit_SxN = acc_SxN >= threshold
-  first = np.where(hit_SxN.any(1), steps[np.argmax(hit_SxN, 1)], censor)
-  return np.where(hit_SxN.any(1) | np.isfinite(acc_SxN).all(1), first, np.nan)
+def censor(run) -> int:
+  """The steps a seed that never reaches the threshold counts as."""
+  return run.config.steps + run.config.log_every
 
 
 def reach(run, cond: str) -> np.ndarray:
-  """Per seed, steps to the threshold; never reached counts as steps + log_every."""
+  """Per seed, steps to the threshold (``censor`` if never reached)."""
   steps, acc = run.table("eval_accuracy", condition=cond)
-  return steps_to_threshold(steps, acc, run.config.threshold,
-                            run.config.steps + run.config.log_every)
+  return stats.steps_to_threshold(steps, acc, run.config.threshold, censor(run))
 
 
 def slowdown(run, task: str, mode: str) -> np.ndarray:
@@ -156,7 +147,7 @@ def claims(run) -> list[Claim]:
           f"{PLAIN[mode]} learns the {t} task more slowly", *quote,
           f"{t}: log2(steps to {c.threshold:.0%} eval accuracy with {PLAIN[mode]} / with "
           "separate matrices), paired by seed; never reached counts as "
-          f"{c.steps + c.log_every} steps; smallest effect of interest: {slow_text}",
+          f"{censor(run)} steps; smallest effect of interest: {slow_text}",
           lambda r, t=t, mode=mode: slowdown(r, t, mode), stats.Greater(0.0, c.speed_margin)),
               Claim(
           f"{PLAIN[mode]} ends less accurate on the {t} task", *quote,
@@ -184,36 +175,21 @@ def claims(run) -> list[Claim]:
 
 
 def summary(run) -> dict:
-  censor = run.config.steps + run.config.log_every
-  steps = {c: {**stats.describe(v), "per_seed": v, "reached": int(np.sum(v < censor))}
+  steps = {c: {**stats.describe(v), "per_seed": v, "reached": int(np.sum(v < censor(run)))}
            for c, v in ((c, reach(run, c)) for c in run.conditions)}
   return {"threshold": run.config.threshold, "steps_to_threshold": steps,
           "last_token_only_accuracy": {t: bar(run, t) for t in run.config.tasks}}
 
 
 # ---- figures and report (from the saved run) ------------------------------------------
-def bands_figure(run, panels, height: float):
-  """Columns: tasks; rows: ``panels`` (ylabel, cond -> [seeds, steps]); a band per mode."""
-  tasks = run.config.tasks
-  fig, axes = plt.subplots(len(panels), len(tasks), squeeze=False, sharex=True,
-                           figsize=(4.2 * len(tasks), height * len(panels)))
-  for j, t in enumerate(tasks):
-    axes[0][j].set_title(TASKS[t][0])
-    for i, (ylabel, values) in enumerate(panels):
-      for mode in run.config.conditions:
-        steps = run.table("loss", condition=f"{t}/{mode}")[0]
-        n = plotting.band(axes[i][j], steps, values(f"{t}/{mode}"), COLORS[mode], LABELS[mode])
-      axes[i][0].set_ylabel(ylabel)
-    axes[-1][j].set_xlabel("step")
-  axes[0][-1].legend(frameon=False, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
-  fig.tight_layout()
-  plotting.seed_note(fig, n)
-  return fig
+def groups(run) -> dict[str, dict[str, str]]:
+  """Figure columns: per task, the condition of each mode."""
+  return {TASKS[t][0]: {m: f"{t}/{m}" for m in run.config.conditions} for t in run.config.tasks}
 
 
 def accuracy_figure(run):
-  fig = bands_figure(run, [("eval accuracy", lambda c: run.table(
-      "eval_accuracy", condition=c)[1])], 2.7)
+  fig = plotting.band_grid(run, [("eval accuracy", "eval_accuracy")], groups(run), COLORS,
+                           LABELS, height=2.7, width=4.2)
   for ax, t in zip(fig.axes, run.config.tasks):
     ax.axhline(run.config.threshold, color="0.5", ls="--", lw=1, label="threshold")
     ax.axhline(bar(run, t), color="0.5", ls=":", lw=1, label="last token alone")
@@ -226,53 +202,38 @@ def self_attention_figure(run):
   panels = {"attn_self": "attention on itself", "attn_target": "attention on the target",
             "self_ge_target": "P(own score >= target's)",
             "key_norm_ratio": "||k_target|| / ||k_self||"}
-  fig = bands_figure(run, [(f"{label}\n({HEADS[k]} over heads)", lambda c, k=k: over_heads(
-      run, k, c)) for k, label in panels.items()], 2.1)
+  fig = plotting.band_grid(run, [(f"{label}\n({HEADS[k]} over heads)", lambda c, k=k: over_heads(
+      run, k, c)) for k, label in panels.items()], groups(run), COLORS, LABELS, 2.1, 4.2)
   fig.suptitle(f"At the prediction position (layer {run.config.model.n_layers - 1}), "
                "eval batch", y=1.01)
   return fig
 
 
 def outcome_figure(run):
-  tasks, censor = run.config.tasks, run.config.steps + run.config.log_every
-  fig, axes = plt.subplots(2, len(tasks), squeeze=False, figsize=(4.2 * len(tasks), 5.2))
-  for j, t in enumerate(tasks):
-    axes[0][j].set_title(TASKS[t][0])
-    conds = {m: f"{t}/{m}" for m in run.config.conditions}
-    plotting.per_seed_dots(axes[0][j], {m: reach(run, c) for m, c in conds.items()}, COLORS,
-                           LABELS, censor)
-    axes[0][j].axhline(censor, color="0.5", ls=":", lw=1)
-    plotting.per_seed_dots(axes[1][j], {m: run.final("eval_accuracy", condition=c)
-                                        for m, c in conds.items()}, COLORS, LABELS)
-    axes[1][j].set_ylim(0, 1.02)
-  axes[0][0].set_ylabel(f"steps to {run.config.threshold:.0%} eval accuracy\n"
-                        "(hollow, dotted line: not reached)")
-  axes[1][0].set_ylabel("final eval accuracy")
-  fig.tight_layout()
-  plotting.seed_note(fig, run.config.num_seeds, "dots: seeds")
+  fig = plotting.dots_grid([
+      (f"steps to {run.config.threshold:.0%} eval accuracy\n(hollow, dotted line: not "
+       "reached)", lambda c: reach(run, c)),
+      ("final eval accuracy", lambda c: run.final("eval_accuracy", condition=c))],
+                           groups(run), COLORS, LABELS, censor(run), width=4.2)
+  n = len(run.config.tasks)
+  for ax in fig.axes[:n]:
+    ax.axhline(censor(run), color="0.5", ls=":", lw=1)
+  for ax in fig.axes[n:2 * n]:
+    ax.set_ylim(0, 1.02)
   return fig
 
 
 def score_figure(run, samples, what: str):
   """Rows: tasks; columns: mode x head (last layer); one sample sequence each."""
-  modes, h, rows = run.config.conditions, run.config.model.n_heads, len(run.config.tasks)
-  fig, axes = plt.subplots(rows, len(modes) * h, squeeze=False,
-                           figsize=(1.9 * len(modes) * h, 2.7 * rows + 0.5))
-  for i, t in enumerate(run.config.tasks):
-    for j, mode in enumerate(modes):
-      s = samples[f"{t}/{mode}"]
-      tokens = [run.file("task.json")[t]["vocab"][x] for x in s["inputs"][0]]
-      plotting.attention_maps(s["sites"][f"L{run.config.model.n_layers - 1}"][what], tokens,
-                              tokens, axes[i][j * h:(j + 1) * h],
-                              [f"{t}\n{LABELS[mode]}, head {k}" for k in range(h)],
-                              (len(tokens) - 1, s["ground_truth"]["target_pos_B"]),
-                              signed=what == "logits")
+  rows = {t: {LABELS[m]: f"{t}/{m}" for m in run.config.conditions} for t in run.config.tasks}
+  vocab = {c: run.file("task.json")[c.split("/")[0]]["vocab"] for c in run.conditions}
+  seeds = ", ".join(map(str, sorted({s["seed"] for s in samples.values()})))
   text = {"logits": "scores (scaled q.k, before the causal mask; symmetric when W_K = W_Q)",
           "weights": "attention weights"}[what]
-  fig.suptitle(f"Last layer {text} on one sample per task (seed {s['seed']}); red box: "
-               "prediction position -> target", fontsize=8, y=1.0)
-  fig.tight_layout()
-  return fig
+  return plotting.sample_grid(
+      samples, rows, vocab, f"L{run.config.model.n_layers - 1}", what,
+      f"Last layer {text} on one sample per task (seed {seeds}); red box: prediction "
+      "position -> target")
 
 
 def figures(run) -> list[Figure]:
@@ -305,25 +266,26 @@ def sections(run, summ) -> list[str]:
           "P(own score ≥ target's)": f"self_ge_target/{last}/mean",
           "‖k_target‖/‖k_self‖": f"key_norm_ratio/{last}/mean",
           "score asymmetry": f"score_asym/{last}"}
-  cols_init = cols["self-attention at init → end"]
-  lines = ["## Per condition (final values)", "", "| condition | eval accuracy | steps to "
-           "threshold (reached) | " + " | ".join(cols) + " |", "|---" * (len(cols) + 3) + "|"]
+  rows = []
   for cond in run.conditions:
     steps, final = summ["steps_to_threshold"][cond], summ["final"][cond]
     cells = [report.fmt(final[k]["mean"]) for k in cols.values()]
-    cells[1] = f"{report.fmt(np.nanmean(run.initial(cols_init, condition=cond)))} → {cells[1]}"
-    lines.append(f"| {cond} | {report.effect_cell(final['eval_accuracy'])} | "
-                 f"{report.effect_cell(steps)} ({steps['reached']}/{steps['n']}) | "
-                 + " | ".join(cells) + " |")
-  return lines + ["", "Best accuracy from the last token alone: " + ", ".join(
-      f"{t} {v:.3f}" for t, v in summ["last_token_only_accuracy"].items()) + ". Uniform "
-      "attention: scores times 0 (values kept), so what is left needs no selection. Attention "
-      "columns: at the prediction (last) position of the last layer, on the eval batch. Score "
-      "asymmetry: ‖S − Sᵀ‖/‖S‖ of the full (pre-mask) scores, 0 when W_K = W_Q.", ""]
+    at_init = np.nanmean(run.initial(f"attn_self/{last}/mean", condition=cond))
+    cells[1] = f"{report.fmt(at_init)} → {cells[1]}"
+    rows.append([cond, report.effect_cell(final["eval_accuracy"]),
+                 f"{report.effect_cell(steps)} ({steps['reached']}/{steps['n']})", *cells])
+  return ["## Per condition (final values)", ""] + report.table(
+      ["condition", "eval accuracy", "steps to threshold (reached)", *cols], rows) + [
+          "", "Best accuracy from the last token alone: " + ", ".join(
+              f"{t} {v:.3f}" for t, v in summ["last_token_only_accuracy"].items()) + ". "
+          "Uniform attention: scores times 0 (values kept), so what is left needs no "
+          "selection. Attention columns: at the prediction (last) position of the last "
+          "layer, on the eval batch. Score asymmetry: ‖S − Sᵀ‖/‖S‖ of the full (pre-mask) "
+          "scores, 0 when W_K = W_Q.", ""]
 
 
 STUDY = study.Study(
     name="tied", title="qkvjax `tied`: must Q, K and V come from three independent matrices?",
     task="selection", conditions=conditions, metrics=(eval_metrics,), claims=claims,
-    figures=figures, describe=describe, validate=validate, compile_options=COMPILE,
+    figures=figures, describe=describe, validate=validate, compile_options=train.FAST_COMPILE,
     samples=study.attention_samples, sections=sections, summary=summary)
