@@ -35,6 +35,7 @@ from qkvjax import loggers
 from qkvjax import results
 from qkvjax import tasks
 from qkvjax import train
+from qkvjax.metrics.circuits import qk_structure
 
 # Logging points between checkpoints when a config does not say
 # (``checkpoint_every``): about 1-2% of the headline run's time per save.
@@ -275,7 +276,9 @@ def train_program(study, program: Program, units: Sequence[Unit], task: tasks.Ta
   to its last step, writing every logging point and saving checkpoints;
   returns its samples (``Study.samples``) by unit."""
   cfg = program.config
-  trainer = train.Trainer(cfg, task, program.points, study.metrics, study.model_fn,
+  # Every study also logs the symmetry and directionality of W_Q W_K^T.
+  trainer = train.Trainer(cfg, task, program.points, (*study.metrics, qk_structure),
+                          study.model_fn,
                           **({"compile_options": study.compile_options}
                              if study.compile_options else {}))
   names = [m.condition for m in program.members]

@@ -13,13 +13,16 @@ run-vmapped measurement; a study lists the groups it logs.
   entropy, and the Q.K ablation.
 - ``representations``: the residual stream's continuity with the embedding
   and rank collapse, by depth.
-- ``circuits``: the OV copying score.
+- ``circuits``: the OV copying score; the symmetry and directionality of
+  W_Q W_K^T per head and per layer (``qk_structure``, logged by every study).
 """
 
 from qkvjax.metrics.attention import (ablate_head, ablate_qk, attention_signal, logit_std,
                                       max_logit, normalized_entropy, target_attention,
                                       visible_mask)
-from qkvjax.metrics.circuits import attention_modules, ov_copying, ov_copying_score
+from qkvjax.metrics.circuits import (attention_modules, directionality_score, ov_copying,
+                                     ov_copying_score, qk_matrices, qk_structure,
+                                     qk_structure_scores, symmetry_score)
 from qkvjax.metrics.representations import (rank_collapse, representation_metrics,
                                             token_cosine)
 from qkvjax.metrics.similarity import (embedding_similarity, linear_cka,
@@ -32,9 +35,10 @@ Metrics = dict
 
 __all__ = [
     "ablate_head", "ablate_qk", "attention_matrices", "attention_modules",
-    "attention_signal", "cosine", "effective_rank", "embedding_similarity", "frobenius",
-    "grad_norms", "linear_cka", "linear_probe_accuracy", "logit_std", "matrices",
-    "max_logit", "normalized_entropy", "ov_copying", "ov_copying_score", "rank_collapse",
-    "representation_metrics", "rsa", "spectra", "target_attention", "token_cosine",
-    "visible_mask", "weight_norms",
+    "attention_signal", "cosine", "directionality_score", "effective_rank",
+    "embedding_similarity", "frobenius", "grad_norms", "linear_cka", "linear_probe_accuracy",
+    "logit_std", "matrices", "max_logit", "normalized_entropy", "ov_copying",
+    "ov_copying_score", "qk_matrices", "qk_structure", "qk_structure_scores", "rank_collapse",
+    "representation_metrics", "rsa", "spectra", "symmetry_score", "target_attention",
+    "token_cosine", "visible_mask", "weight_norms",
 ]

@@ -1,4 +1,6 @@
-"""Circuit-level scores of the trained weights."""
+"""Circuit-level scores of the trained weights: the OV copying score
+(Elhage et al. 2021) and the symmetry and directionality of W_Q W_K^T
+(Saponati et al. 2025)."""
 
 from __future__ import annotations
 
@@ -47,4 +49,79 @@ def ov_copying(m) -> dict[str, jax.Array]:
     w_v, w_o = attn.matrix("value"), attn.out[...]
     for h in range(attn.n_heads):
       out[f"ov_copying/{site}/H{h}"] = ov_copying_score(w_e, w_v[:, h], w_o[h], w_u)
+  return out
+
+
+# ---- weight-level structure of W_Q W_K^T (Saponati et al. 2025) -------------------
+# The attention score of query token i on key token j is x_i^T M x_j with
+# M = W_Q W_K^T (d_model x d_model, residual-stream basis; the score scale
+# and the softmax do not change M's structure). Rows of M belong to the
+# query side, columns to the key side.
+
+DIRECTIONALITY_NUM_STD = 2.0  # the paper's threshold: mean + 2 std of the norms
+
+
+def symmetry_score(m_MxM: jax.Array) -> jax.Array:
+  """2 ||(M + M^T)/2||_F^2 / ||M||_F^2 - 1 = <M, M^T> / ||M||_F^2, in [-1, 1]:
+  1 for a symmetric M, -1 for an antisymmetric one, about 0 (exactly: 2 Beta
+  (d(d+1)/4, d(d-1)/4) - 1) for i.i.d. Gaussian entries. The score Saponati
+  et al. (2025) tabulate (their ratio ||S||^2/||M||^2, mapped to [-1, 1])."""
+  m_MxM = m_MxM.astype(jnp.float32)
+  return jnp.sum(m_MxM * m_MxM.T) / (jnp.sum(m_MxM * m_MxM) + 1e-30)
+
+
+def _excess(norms_N: jax.Array, num_std: float) -> jax.Array:
+  """Summed excess of the norms above mean + num_std * std (std with n - 1)."""
+  threshold = jnp.mean(norms_N) + num_std * jnp.std(norms_N, ddof=1)
+  return jnp.sum(jnp.where(norms_N > threshold, norms_N - threshold, 0.0))
+
+
+def directionality_score(m_MxM: jax.Array,
+                         num_std: float = DIRECTIONALITY_NUM_STD) -> jax.Array:
+  """(r - c) / (r + c) in [-1, 1] (Saponati et al. 2025), where r (c) sums
+  how far the Euclidean norms of M's rows (columns) exceed their mean plus
+  ``num_std`` standard deviations; 0 when no norm does. Negative: a few
+  dominant *columns* (key-side directions every query reads: the
+  autoregressive signature); positive: dominant rows; 0 for any symmetric M
+  (its row and column norms are equal) and d(M^T) = -d(M). The sign is the
+  paper's tables' (the negative of its code's ``directionality_score``)."""
+  m_MxM = m_MxM.astype(jnp.float32)
+  r = _excess(jnp.linalg.norm(m_MxM, axis=1), num_std)
+  c = _excess(jnp.linalg.norm(m_MxM, axis=0), num_std)
+  total = r + c
+  return jnp.where(total > 0, (r - c) / jnp.where(total > 0, total, 1.0), 0.0)
+
+
+def qk_matrices(w_q_MxHxD: jax.Array, w_k_MxHxD: jax.Array) -> jax.Array:
+  """Per head, M_h = W_Q^h (W_K^h)^T: [H, d_model, d_model]. With fewer key
+  heads than query heads (grouped-query attention), query head h uses key
+  head h // (H_q / H_k)."""
+  h_q, h_k = w_q_MxHxD.shape[1], w_k_MxHxD.shape[1]
+  if h_q != h_k:
+    w_k_MxHxD = jnp.repeat(w_k_MxHxD, h_q // h_k, axis=1)
+  return jnp.einsum("mhd,nhd->hmn", w_q_MxHxD.astype(jnp.float32),
+                    w_k_MxHxD.astype(jnp.float32))
+
+
+def qk_structure_scores(w_q_MxHxD: jax.Array, w_k_MxHxD: jax.Array,
+                        site: str) -> dict[str, jax.Array]:
+  """Symmetry and directionality of each head's M_h
+  (``symmetry/<site>/H<h>``) and of the layer's sum over heads, the matrix
+  Saponati et al. score (``symmetry/<site>``; same for ``directionality``)."""
+  m_HxMxM = qk_matrices(w_q_MxHxD, w_k_MxHxD)
+  out = {f"symmetry/{site}": symmetry_score(jnp.sum(m_HxMxM, 0)),
+         f"directionality/{site}": directionality_score(jnp.sum(m_HxMxM, 0))}
+  for h in range(m_HxMxM.shape[0]):
+    out[f"symmetry/{site}/H{h}"] = symmetry_score(m_HxMxM[h])
+    out[f"directionality/{site}/H{h}"] = directionality_score(m_HxMxM[h])
+  return out
+
+
+def qk_structure(m) -> dict[str, jax.Array]:
+  """``qk_structure_scores`` of every attention site of the model (a metric
+  group, logged by every study). Tied W_K = W_Q gives symmetry 1; with
+  QK-norm the scores describe the bilinear form before the normalization."""
+  out = {}
+  for site, attn in attention_modules(m.model).items():
+    out.update(qk_structure_scores(attn.matrix("query"), attn.matrix("key"), site))
   return out
