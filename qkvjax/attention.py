@@ -79,3 +79,19 @@ def dot_product_attention(
       "bhts,bshd->bthd", weights_BxHxTxS.astype(value_BxSxHxD.dtype), value_BxSxHxD
   )
   return Attention(out_BxTxHxD, logits_BxHxTxS, weights_BxHxTxS)
+
+
+def rotary(x_BxTxHxD: jax.Array, theta: float, offset: int = 0) -> jax.Array:
+  """Rotary position embedding (Su et al. 2021) in the split-halves layout of
+  GPT-NeoX and Hugging Face Llama/Mistral: dimension i < D/2 is rotated with
+  dimension i + D/2 by angle p * theta^(-2i/D) at position p = offset + t.
+  Applied to queries and keys, it makes their dot product depend on the
+  positions only through their difference."""
+  t, d = x_BxTxHxD.shape[1], x_BxTxHxD.shape[-1]
+  inv_freq_F = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
+  angle_TxF = (offset + jnp.arange(t, dtype=jnp.float32))[:, None] * inv_freq_F[None, :]
+  cos_TxD = jnp.concatenate([jnp.cos(angle_TxF)] * 2, -1)[None, :, None, :]
+  sin_TxD = jnp.concatenate([jnp.sin(angle_TxF)] * 2, -1)[None, :, None, :]
+  x1, x2 = jnp.split(x_BxTxHxD, 2, axis=-1)
+  rotated = jnp.concatenate([-x2, x1], -1)
+  return (x_BxTxHxD * cos_TxD + rotated * sin_TxD).astype(x_BxTxHxD.dtype)
