@@ -60,6 +60,23 @@ def ov_copying(m) -> dict[str, jax.Array]:
 
 DIRECTIONALITY_NUM_STD = 2.0  # the paper's threshold: mean + 2 std of the norms
 
+# Published medians over a model's layers (Saponati et al. 2025; the symmetry
+# and directionality tables of the paper's repository, matteosaponati/
+# attention-geometry, _results/table-*-scores-language.txt): (model, objective,
+# symmetry, directionality). Its two rows for Llama-3-8B agree on symmetry
+# (0.00) but not on directionality ("llama3-8b" -0.65, "meta-llama/
+# Meta-Llama-3-8B" 0.01); the first is listed.
+PUBLISHED_MEDIANS = (
+    ("bert-tiny (google/bert_uncased_L-2_H-128_A-2)", "bidirectional", 0.77, -0.79),
+    ("bert-mini (google/bert_uncased_L-4_H-256_A-4)", "bidirectional", 0.62, -0.33),
+    ("bert-base-uncased", "bidirectional", 0.51, -0.08),
+    ("bert-large-uncased", "bidirectional", 0.44, -0.03),
+    ("gpt2", "causal", 0.15, -0.58),
+    ("distilgpt2", "causal", 0.19, -0.51),
+    ("gpt2-large", "causal", 0.17, -0.32),
+    ("Llama-3-8B", "causal", 0.00, -0.65),
+)
+
 
 def symmetry_score(m_MxM: jax.Array) -> jax.Array:
   """2 ||(M + M^T)/2||_F^2 / ||M||_F^2 - 1 = <M, M^T> / ||M||_F^2, in [-1, 1]:

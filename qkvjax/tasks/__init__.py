@@ -8,6 +8,9 @@
   the context reveals.
 - ``spelling``: English spelling -> pronunciation (CMU Pronouncing
   Dictionary), for the encoder-decoder.
+- ``text``: real English prose (CPython's documentation topics) as
+  ``causal_text`` (next-token prediction) or ``masked_text`` (masked-token
+  prediction).
 
 ``make(name, config)`` builds a task from a whole experiment config (its
 ``task`` or ``data`` block and its ``seed``).
@@ -18,7 +21,7 @@ from __future__ import annotations
 from typing import Callable
 
 from qkvjax import config as config_lib
-from qkvjax.tasks import context, relations, selection, spelling
+from qkvjax.tasks import context, relations, selection, spelling, text
 from qkvjax.tasks.base import Task
 
 BUILDERS: dict[str, Callable] = {
@@ -29,6 +32,8 @@ BUILDERS: dict[str, Callable] = {
     "spelling": lambda c: spelling.load(c.data.min_word_len, c.data.max_word_len,
                                         c.data.n_train, c.data.n_heldout,
                                         c.data.heldout_fraction),
+    "causal_text": lambda c: text.make_text_task(c.task, "causal"),
+    "masked_text": lambda c: text.make_text_task(c.task, "masked"),
 }
 
 
@@ -50,6 +55,8 @@ VALIDATORS: dict[str, Callable] = {
     "two_relations": _validate_two_relations,
     "context": lambda c: context.validate(c),  # pylint: disable=unnecessary-lambda
     "spelling": lambda c: spelling.validate(c),  # pylint: disable=unnecessary-lambda
+    "causal_text": lambda c: text.validate(c),  # pylint: disable=unnecessary-lambda
+    "masked_text": lambda c: text.validate(c),  # pylint: disable=unnecessary-lambda
 }
 
 
@@ -64,4 +71,4 @@ def make(name: str, config) -> Task:
 
 
 __all__ = ["BUILDERS", "Task", "VALIDATORS", "context", "make", "relations", "selection",
-           "spelling", "validate"]
+           "spelling", "text", "validate"]
