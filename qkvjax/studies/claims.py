@@ -21,7 +21,7 @@ from qkvjax import stats
 from qkvjax import study as study_lib
 from qkvjax import train
 
-NOT_CLAIMS = ("claims", "figures")
+NOT_CLAIMS = ("claims", "figures", "pretrained")  # pretrained: analyses a given checkpoint
 
 
 def experiment_names(config) -> list[str]:

@@ -1,0 +1,94 @@
+"""Pretrained Hugging Face checkpoints as qkvjax models.
+
+``load(spec)`` reads a checkpoint (a directory, a .zip, or an installed
+package shipping one; ``source``), maps its architecture and weights onto
+``models.PretrainedTransformer`` (``architectures``: BERT family, GPT-2,
+Llama/Mistral) and returns it with what was read; ``analysis`` scores it.
+Needs the ``pretrained`` extra (``safetensors``, ``tokenizers``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from typing import TYPE_CHECKING
+
+from qkvjax.config import ConfigError
+
+if TYPE_CHECKING:
+  from qkvjax.models.pretrained import Architecture
+  from qkvjax.pretrained.source import Checkpoint
+
+
+@dataclasses.dataclass
+class Loaded:
+  checkpoint: Checkpoint
+  arch: Architecture
+  rules: dict          # model parameter -> (tensor, shape, rearrangement)
+  unused: list[str]    # tensors the model does not read
+  tokenizer: object    # a ``tokenizers.Tokenizer``, or None without tokenizer.json
+
+
+def _tokenizer(ckpt):
+  """The checkpoint's tokenizer, or None; ConfigError if it cannot be read."""
+  if ckpt.tokenizer_json is None:
+    return None
+  try:
+    from tokenizers import Tokenizer  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise ConfigError("a checkpoint's tokenizer.json needs the tokenizers library; "
+                      "accepted: after pip install -e '.[pretrained]'") from None
+  try:
+    return Tokenizer.from_str(ckpt.tokenizer_json)
+  except Exception as e:  # pylint: disable=broad-except  (the Rust library's own errors)
+    raise ConfigError(f"--config.checkpoint={ckpt.spec!r} has an unreadable tokenizer.json "
+                      f"({str(e).splitlines()[0][:100]}); accepted: a tokenizers-library "
+                      "tokenizer.json, or none (text metrics are then skipped)") from None
+
+
+def inspect(spec: str) -> Loaded:
+  """Everything but the weights' values: config, architecture, every
+  tensor's name and shape checked against it, the tokenizer. ConfigError on
+  bad input."""
+  if importlib.util.find_spec("safetensors") is None:
+    raise ConfigError("--config.checkpoint needs the safetensors library; accepted: after "
+                      "pip install -e '.[pretrained]'")
+  from qkvjax.pretrained import architectures, source  # pylint: disable=g-import-not-at-top
+  ckpt = source.open_checkpoint(spec)
+  arch = architectures.architecture(ckpt)
+  rules = architectures.weight_map(arch, ckpt)
+  return Loaded(ckpt, arch, rules, architectures.unused(rules, ckpt), _tokenizer(ckpt))
+
+
+def build(got: Loaded):
+  """The ``PretrainedTransformer`` with the weights of an inspected checkpoint."""
+  from qkvjax.pretrained import architectures  # pylint: disable=g-import-not-at-top
+  return architectures.load_model(got.arch, got.checkpoint, got.rules)
+
+
+def load(spec: str):
+  """``(Loaded, model)``: the checkpoint ``spec`` as a ``PretrainedTransformer``."""
+  got = inspect(spec)
+  return got, build(got)
+
+
+def passages(got: Loaded, text):
+  """``text.num_samples * text.passages`` passages of ``text.seq_len`` tokens
+  (``analysis.passages``), or None without a tokenizer; ConfigError if the
+  text is too short for them."""
+  from qkvjax.pretrained import analysis  # pylint: disable=g-import-not-at-top
+  if got.tokenizer is None:
+    return None
+  try:
+    return analysis.passages(got.tokenizer, text.seq_len, text.num_samples * text.passages)
+  except ValueError as e:
+    raise ConfigError(f"config.text={text.to_dict()} asks for more text than there is ({e}); "
+                      "accepted: fewer or shorter passages") from None
+
+
+def qk_scores(spec: str) -> dict[str, list[float]]:
+  """Per layer (W_Q W_K^T summed over heads): symmetry and directionality of
+  the checkpoint ``spec``."""
+  from qkvjax.pretrained import analysis  # pylint: disable=g-import-not-at-top
+  got, model = load(spec)
+  return analysis.qk_layer_scores(analysis.weight_metrics(model), got.arch.n_layers)
