@@ -18,7 +18,6 @@ of whole tokens of the checkpoint's own tokenizer.
 from __future__ import annotations
 
 import functools
-import re
 import types
 
 import jax
@@ -93,14 +92,10 @@ def qk_layer_scores(metrics: dict[str, float], n_layers: int) -> dict[str, list[
 
 # ---- text ---------------------------------------------------------------------------
 def prose() -> str:
-  """The prose paragraphs of CPython's documentation topics, topics in sorted
-  order: the text of ``qkvjax.tasks.text`` before it is lowercased and split."""
-  from pydoc_data import topics  # pylint: disable=g-import-not-at-top
+  """The prose of CPython's documentation topics (``qkvjax.tasks.text``:
+  source and licence there), paragraphs joined, before lowercasing."""
   from qkvjax.tasks import text  # pylint: disable=g-import-not-at-top
-  paragraphs = [p.strip() for name in sorted(topics.topics)
-                for p in re.split(r"\n\s*\n", topics.topics[name])
-                if text._is_prose(p)]  # pylint: disable=protected-access
-  return "\n\n".join(" ".join(p.split()) for p in paragraphs)
+  return "\n\n".join(text.prose_paragraphs())
 
 
 def special_frame(tokenizer) -> tuple[list[int], list[int]]:
