@@ -66,6 +66,7 @@ def test_scores_equal_the_raw_layout_gpt2_conv1d_fused():
   raw = {k: v.astype(np.float64) for k, v in _raw("gpt2").items()}
   _, model = pretrained.load(str(FIXTURES / "gpt2"))
   got = analysis.weight_metrics(model)
+  per_layer = pretrained.qk_scores(str(FIXTURES / "gpt2"))
   m, d = 16, 8
   for l in range(2):
     w = raw[f"transformer.h.{l}.attn.c_attn.weight"]  # [in, 3 * out]: x @ W
@@ -74,6 +75,8 @@ def test_scores_equal_the_raw_layout_gpt2_conv1d_fused():
       mh = wq[:, h * d:(h + 1) * d] @ wk[:, h * d:(h + 1) * d].T
       np.testing.assert_allclose(got[f"symmetry/L{l}/H{h}"], _sym(mh), atol=1e-5)
     np.testing.assert_allclose(got[f"symmetry/L{l}"], _sym(wq @ wk.T), atol=1e-5)
+    np.testing.assert_allclose(per_layer["symmetry"][l], _sym(wq @ wk.T), atol=1e-5)
+    assert per_layer["directionality"][l] == pytest.approx(got[f"directionality/L{l}"], abs=1e-6)
 
 
 def test_scores_equal_the_raw_layout_llama_grouped_query():

@@ -87,8 +87,16 @@ def passages(got: Loaded, text):
 
 
 def qk_scores(spec: str) -> dict[str, list[float]]:
-  """Per layer (W_Q W_K^T summed over heads): symmetry and directionality of
-  the checkpoint ``spec``."""
-  from qkvjax.pretrained import analysis  # pylint: disable=g-import-not-at-top
-  got, model = load(spec)
-  return analysis.qk_layer_scores(analysis.weight_metrics(model), got.arch.n_layers)
+  """Per layer, symmetry and directionality of W_Q W_K^T summed over heads,
+  for the checkpoint ``spec`` (the weights alone; a few seconds for MiniLM)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from qkvjax.metrics import circuits  # pylint: disable=g-import-not-at-top
+
+  @jax.jit
+  def layer(w_q, w_k):
+    m_MxM = circuits.qk_matrices(w_q, w_k).sum(0)
+    return circuits.symmetry_score(m_MxM), circuits.directionality_score(m_MxM)
+
+  _, model = load(spec)
+  got = [layer(a.query[...], a.key[...]) for a in circuits.attention_modules(model).values()]
+  return {"symmetry": [float(s) for s, _ in got], "directionality": [float(d) for _, d in got]}
