@@ -60,6 +60,16 @@ def inspect(spec: str) -> Loaded:
   return Loaded(ckpt, arch, rules, architectures.unused(rules, ckpt), _tokenizer(ckpt))
 
 
+def describe(got: Loaded) -> dict:
+  """What a run records of the checkpoint it analysed (``config.json``)."""
+  ckpt = got.checkpoint
+  return {"spec": ckpt.spec, "where": ckpt.where, "model_type": ckpt.config.get("model_type"),
+          "architectures": ckpt.config.get("architectures"),
+          "stored_dtypes": sorted({ckpt.tensors.specs[n][1] for n, _, _ in got.rules.values()}),
+          "unused_tensors": got.unused, "tokenizer": got.tokenizer is not None,
+          "architecture": dataclasses.asdict(got.arch)}
+
+
 def build(got: Loaded):
   """The ``PretrainedTransformer`` with the weights of an inspected checkpoint."""
   from qkvjax.pretrained import architectures  # pylint: disable=g-import-not-at-top

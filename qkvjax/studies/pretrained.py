@@ -13,7 +13,6 @@ one ``text`` row per text sample; everything else is drawn from it.
 
 from __future__ import annotations
 
-import dataclasses
 import pathlib
 
 import numpy as np
@@ -58,17 +57,9 @@ def run(config, results_dir, progress: bool = True):
   got, ids = _checked(config)
   results.check_writable(results_dir, "pretrained")
   model = pretrained.build(got)
-  ckpt = got.checkpoint
   run_dir = results.new_run_dir(results_dir, "pretrained")
-  dtypes = sorted({ckpt.tensors.specs[name][1] for name, _, _ in got.rules.values()})
   saved = {"experiment": "pretrained", "config": config.to_dict(), "status": "running",
-           "checkpoint": {"spec": ckpt.spec, "where": ckpt.where,
-                          "model_type": ckpt.config.get("model_type"),
-                          "architectures": ckpt.config.get("architectures"),
-                          "stored_dtypes": dtypes, "unused_tensors": got.unused,
-                          "tokenizer": ckpt.tokenizer_json is not None,
-                          "architecture": dataclasses.asdict(got.arch)},
-           **results.provenance()}
+           "checkpoint": pretrained.describe(got), **results.provenance()}
   results.write_json(run_dir / "config.json", saved)
   analysis.measure(model, ids, config.text.num_samples, run_dir / "metrics.jsonl")
   results.write_json(run_dir / "config.json", {**saved, "status": "complete"})
