@@ -10,6 +10,10 @@ Thin by design: parse flags, load and check the config, call the library.
     --results_dir=DIR          where run directories are created (default results/)
     --tensorboard              also write TensorBoard event files
     --[no]progress             the progress bar
+    --cpu_devices=N            CPU devices the run axis is sharded over (default: one
+                               per physical core)
+    --compilation_cache=DIR    where compiled programs are kept across runs (default
+                               ~/.cache/qkvjax/jax; 'off' to disable)
     --coordinator_address=HOST:PORT --num_processes=N --process_id=I
                                start one process of a multi-process run
 
@@ -36,6 +40,10 @@ flags.DEFINE_bool("tensorboard", False, "Also write TensorBoard event files.")
 flags.DEFINE_string("coordinator_address", None, "Multi-process: process 0's host:port.")
 flags.DEFINE_integer("num_processes", None, "Multi-process: how many processes.")
 flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
+flags.DEFINE_string("compilation_cache", None, "Persistent compilation cache directory "
+                    "(default $QKVJAX_CACHE_DIR or ~/.cache/qkvjax/jax; 'off' to disable).")
+flags.DEFINE_integer("cpu_devices", None, "CPU devices (default: one per physical core, or "
+                     "$QKVJAX_CPU_DEVICES; $JAX_NUM_CPU_DEVICES wins).")
 
 ACCEPTED = ("accepted: --exp=NAME, --config.FIELD=VALUE, --sweep.FIELD=V1,V2, --sweep, "
             "--resume=DIR, --results_dir=DIR, --tensorboard, --[no]progress")
@@ -93,7 +101,14 @@ def main(argv: list[str]) -> int:
       raise config_lib.ConfigError(str(e).splitlines()[0]) from None
     if positional:
       raise config_lib.ConfigError(f"unexpected argument {positional[0]!r}; {ACCEPTED}")
+    if FLAGS.cpu_devices is not None and FLAGS.cpu_devices < 1:
+      raise config_lib.ConfigError(f"--cpu_devices={FLAGS.cpu_devices} is out of range; "
+                                   "accepted: an integer >= 1")
+    from qkvjax import distributed  # pylint: disable=g-import-not-at-top
+    distributed.configure_cpu_devices(FLAGS.cpu_devices)
     _start_processes()
+    from qkvjax import train  # pylint: disable=g-import-not-at-top
+    train.enable_compilation_cache(FLAGS.compilation_cache)
     from qkvjax import study as study_lib  # pylint: disable=g-import-not-at-top
     if FLAGS.resume:
       if sweeps or FLAGS.sweep:

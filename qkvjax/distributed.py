@@ -20,6 +20,36 @@ _CLUSTER_ENV = ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_A
                 "OMPI_COMM_WORLD_SIZE", "JAX_COORDINATOR_ADDRESS")
 
 
+def physical_cores() -> int:
+  """Physical cores this process may use (hyper-threads counted once)."""
+  allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      text = f.read()
+    cores = {tuple(line.split(":")[1].strip() for line in block.splitlines()
+                   if line.startswith(("physical id", "core id")))
+             for block in text.split("\n\n") if "core id" in block}
+    siblings = max(1, (os.cpu_count() or 1) // max(1, len(cores)))
+    return max(1, min(len(cores) or allowed, allowed // siblings or 1))
+  except OSError:
+    return max(1, allowed or 1)
+
+
+def configure_cpu_devices(count: int | None = None) -> int | None:
+  """Gives the CPU backend one device per physical core (or ``count``, or
+  ``$QKVJAX_CPU_DEVICES``), so the run axis is sharded over every core. Must
+  run before JAX starts a backend; ``JAX_NUM_CPU_DEVICES`` set by the user
+  wins. Returns the count set, or None where it was left alone."""
+  if "JAX_NUM_CPU_DEVICES" in os.environ:
+    return None
+  count = count or int(os.environ.get("QKVJAX_CPU_DEVICES", 0)) or physical_cores()
+  try:
+    jax.config.update("jax_num_cpu_devices", count)
+  except RuntimeError:  # a backend has started (e.g. called in-process by tests)
+    return None
+  return count
+
+
 def launched_on_cluster() -> bool:
   """Whether a cluster launcher set up this process's environment."""
   return any(v in os.environ for v in _CLUSTER_ENV)

@@ -313,11 +313,11 @@ def train_program(study, program: Program, units: Sequence[Unit], task: tasks.Ta
       step += n
       done_step, done = pending
       pending = (step, trainer.measure(state, values))
-    write(done_step, distributed.gather(done), "train")
+    write(done_step, trainer.fetch(done), "train")
     bar.update(n)
     if step < cfg.steps and (step // cfg.log_every) % every == 0:
       _save(trainer, program, units, step, state)
-  write(pending[0], distributed.gather(pending[1]), "train")
+  write(pending[0], trainer.fetch(pending[1]), "train")
   _save(trainer, program, units, step, state)
   if not study.samples:
     return {}

@@ -28,10 +28,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from qkvjax import config as config_lib
 from qkvjax import distributed
 from qkvjax import models
+from qkvjax.metrics.host import HostMetric
 from qkvjax.models import attention_block
 from qkvjax.tasks import Task
 
 OPTIMIZERS = ("adamw", "sgd")
+_HOST = "__host"  # key prefix of a HostMetric's collected arrays
 # The eval batch of ``Measurement.eval_batch`` is drawn from PRNGKey(EVAL_KEY + seed).
 EVAL_KEY = 20_000
 # XLA options for studies whose runs are short, so compile time dominates
@@ -94,6 +96,29 @@ def make_optimizer(o, folded: Sequence[str] = ()) -> optax.GradientTransformatio
   if o.grad_clip > 0:
     parts.insert(0, optax.clip_by_global_norm(o.grad_clip))
   return optax.chain(*parts) if len(parts) > 1 else opt
+
+
+def default_cache_dir() -> str:
+  """``$QKVJAX_CACHE_DIR``, else ``$XDG_CACHE_HOME/qkvjax/jax`` (``~/.cache``)."""
+  import os  # pylint: disable=g-import-not-at-top
+  if os.environ.get("QKVJAX_CACHE_DIR"):
+    return os.environ["QKVJAX_CACHE_DIR"]
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "qkvjax", "jax")
+
+
+def enable_compilation_cache(path: str | None = None) -> str | None:
+  """Turns on JAX's persistent compilation cache in ``path`` (default
+  ``default_cache_dir()``; "off" turns it off), so a rerun of an experiment
+  loads its compiled programs instead of compiling them again. Every program
+  is cached, however quick its compile. Returns the directory used."""
+  path = default_cache_dir() if path is None else path
+  if not path or path == "off":
+    return None
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  return path
 
 
 def seed_keys(seed: int, num_seeds: int) -> jax.Array:
@@ -290,11 +315,25 @@ class Trainer:
     function's, and the divergence flags."""
     m = self.measurement(state, values)
     out = {"loss": m.loss, **m.task_metrics}
-    for fn in self.metrics:
-      out.update(fn(m))
+    for i, fn in enumerate(self.metrics):
+      if isinstance(fn, HostMetric):
+        out.update({f"{_HOST}{i}/{k}": v for k, v in fn.collect(m).items()})
+      else:
+        out.update(fn(m))
     out["diverged"] = state.diverged
     out["diverged_step"] = state.diverged_step
     return {k: jnp.asarray(v, jnp.float32) for k, v in out.items()}
+
+  def fetch(self, metrics: dict[str, jax.Array]) -> dict[str, np.ndarray]:
+    """Measured metrics as host arrays of every run (from every process),
+    with the host metrics finished."""
+    got = dict(distributed.gather(metrics))
+    for i, fn in enumerate(self.metrics):
+      if isinstance(fn, HostMetric):
+        prefix = f"{_HOST}{i}/"
+        mine = {k[len(prefix):]: got.pop(k) for k in [k for k in got if k.startswith(prefix)]}
+        got.update(fn.finish(mine))
+    return got
 
   # ---- jitted, run-vmapped -----------------------------------------------------------
   def train_chunk(self, n: int) -> Callable[[TrainState], TrainState]:
@@ -340,7 +379,7 @@ class Trainer:
       keys = seed_keys(self.config.seed, num_seeds)[np.concatenate(
           [seeds, np.full(per_call - len(chunk), seeds[-1])])]
       state = self.init(jax.device_put(keys, self.sharding), vals)
-      got = distributed.gather(self.measure(state, vals))
+      got = self.fetch(self.measure(state, vals))
       parts.append({k: v[:len(chunk)] for k, v in got.items()})
     measured = sorted(set(first.values()))
     at = [measured.index(first[model_key(p)]) for p in self.points]
@@ -379,8 +418,8 @@ def train(trainer: Trainer) -> Iterator[tuple[int, dict[str, np.ndarray], TrainS
       step += n
       done_step, done = pending
       pending = (step, trainer.measure(state, values))
-    yield done_step, jax.device_get(done), None
-  yield pending[0], jax.device_get(pending[1]), state
+    yield done_step, trainer.fetch(done), None
+  yield pending[0], trainer.fetch(pending[1]), state
 
 
 def run_params(state: TrainState, run: int) -> nnx.State:
@@ -395,5 +434,6 @@ def first_finite_run(state: TrainState, runs: Sequence[int]) -> int:
   return ok[0] if ok else runs[0]
 
 
-__all__ = ["FOLDABLE", "Measurement", "MetricFn", "TrainState", "Trainer", "chunk_lengths",
+__all__ = ["FOLDABLE", "HostMetric", "Measurement", "MetricFn", "TrainState", "Trainer",
+           "chunk_lengths",
            "first_finite_run", "make_optimizer", "run_params", "seed_keys", "train"]

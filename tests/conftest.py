@@ -9,6 +9,11 @@ import sys
 # The flag must be set before JAX starts its backend.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_backend_optimization_level=0").strip()
+# In-process tests keep one CPU device (the command line's default is one per
+# core); tests of several devices start their own processes.
+os.environ.setdefault("JAX_NUM_CPU_DEVICES", "1")
+# Tests compile from scratch and leave no cache behind.
+os.environ["QKVJAX_CACHE_DIR"] = "off"
 
 import pytest  # pylint: disable=wrong-import-position
 

@@ -61,3 +61,23 @@ def test_runs_are_padded_to_a_multiple_of_the_devices():
   assert one["padded"] == 6 and four["padded"] == 8 and four["shards"] == 4
   assert all(len(part["loss"]) == 3 for part in four["metrics"][0])
   _same(one, four)
+
+
+def test_every_metric_of_the_headline_measures_on_one_device_per_core():
+  """The full measurement on as many CPU devices as cores (at least 2) must
+  finish: XLA's CPU SVD once deadlocked when the run axis was sharded, so the
+  spectra are finished on the host. A hang fails here instead of hanging CI."""
+  script = (
+      "import jax\n"
+      "from qkvjax import config as C, tasks, train\n"
+      "from qkvjax.studies import specialization\n"
+      "cfg = C.load_config('specialization')\n"
+      "t = train.Trainer(cfg, tasks.make('selection', cfg), metrics=specialization.STUDY.metrics)\n"
+      "m = t.fetch(t.measure_states(t.init_states()))\n"
+      "print(len(jax.devices()), len(m['sv/L0/query/000']), m['eff_rank/L1/value'].min() > 1)\n")
+  devices = max(2, os.cpu_count() or 1)
+  proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
+                        timeout=420, env={**os.environ, "JAX_PLATFORMS": "cpu",
+                                          "JAX_NUM_CPU_DEVICES": str(devices)})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.split() == [str(devices), "8", "True"]

@@ -12,8 +12,10 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
+from qkvjax.metrics.host import HostMetric
 from qkvjax.models import site_name
 
 QKV = ("query", "key", "value")
@@ -95,21 +97,16 @@ def effective_rank(s: jax.Array) -> jax.Array:
   return jnp.exp(-jnp.sum(jnp.where(p > 0, p * jnp.log(p + 1e-30), 0.0)))
 
 
-def spectrum_metrics(params: nnx.State, init_params: nnx.State) -> dict[str, jax.Array]:
-  """Singular values and effective rank of each attention matrix, and the
-  cosine between the cumulative updates W - W_init of each pair of W_Q,
-  W_K, W_V of a site."""
-  out = {}
+def update_cosines(params: nnx.State, init_params: nnx.State) -> dict[str, jax.Array]:
+  """The cosine between the cumulative updates W - W_init of each pair of
+  W_Q, W_K, W_V of a site (``update_cos/L0/query_key``)."""
   p, p0 = attention_matrices(params), attention_matrices(init_params)
   deltas: dict[str, dict[str, jax.Array]] = {}
   for key, m in p.items():
-    s = jnp.linalg.svd(as_2d(m), compute_uv=False)
-    out[f"eff_rank/{key}"] = effective_rank(s)
-    for i in range(s.shape[0]):
-      out[f"sv/{key}/{i:03d}"] = s[i]
     site, name = _split(key)
     if name in QKV:
       deltas.setdefault(site, {})[name] = (m.value - p0[key].value).ravel()
+  out = {}
   for site, d in deltas.items():
     prefix = f"{site}/" if site else ""
     for a, b in (("query", "key"), ("query", "value"), ("key", "value")):
@@ -118,6 +115,43 @@ def spectrum_metrics(params: nnx.State, init_params: nnx.State) -> dict[str, jax
   return out
 
 
-def spectra(m) -> dict[str, jax.Array]:
-  """``spectrum_metrics`` of a Measurement."""
-  return spectrum_metrics(m.params, m.init_params)
+def spectrum_values(matrices_2d: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Singular values (``sv/<matrix>/000``...) and effective rank of each
+  matrix, from [runs, rows, cols] host arrays, in float64 numpy."""
+  out = {}
+  for key, w in matrices_2d.items():
+    s = np.linalg.svd(np.asarray(w, np.float64), compute_uv=False)  # [runs, k]
+    p = s / (s.sum(-1, keepdims=True) + 1e-12)
+    out[f"eff_rank/{key}"] = np.exp(-np.sum(np.where(p > 0, p * np.log(p + 1e-30), 0.0), -1))
+    for i in range(s.shape[-1]):
+      out[f"sv/{key}/{i:03d}"] = s[..., i]
+  return out
+
+
+def _collect_spectra(m) -> dict[str, jax.Array]:
+  out = {f"matrix/{k}": as_2d(x) for k, x in attention_matrices(m.params).items()}
+  out.update({f"scalar/{k}": v for k, v in update_cosines(m.params, m.init_params).items()})
+  return out
+
+
+def _finish_spectra(got: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  out = {k[len("scalar/"):]: v for k, v in got.items() if k.startswith("scalar/")}
+  out.update(spectrum_values({k[len("matrix/"):]: v for k, v in got.items()
+                              if k.startswith("matrix/")}))
+  return out
+
+
+def spectrum_metrics(params: nnx.State, init_params: nnx.State) -> dict[str, np.ndarray]:
+  """Singular values and effective rank of each attention matrix (as
+  d_model x H*D), and the update cosines; on one run's state, eagerly."""
+  out = {k: np.asarray(v) for k, v in update_cosines(params, init_params).items()}
+  out.update({k: v for k, v in spectrum_values(
+      {k: np.asarray(as_2d(x)) for k, x in attention_matrices(params).items()}).items()})
+  return out
+
+
+# Singular values are computed on the host, after the run axis is gathered:
+# XLA's CPU SVD (and QR-based SVD, and eigvalsh) deadlocked inside a program
+# sharded over several CPU devices, each device's LAPACK call holding a worker
+# thread while its sub-tasks waited for one.
+spectra = HostMetric(_collect_spectra, _finish_spectra)
