@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 from importlib import metadata
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 

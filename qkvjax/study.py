@@ -15,9 +15,8 @@ every metric streamed to ``metrics.jsonl``, then ``finish`` writes
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import ml_collections

@@ -12,7 +12,6 @@ Letters in names: B batch, T positions, M d_model, F MLP width, V vocabulary.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from qkvjax import attention
