@@ -130,3 +130,23 @@ def test_every_study_logs_the_scores(tiny, tmp_path):
   for k in ("symmetry/L0", "symmetry/L1/H1", "directionality/L0", "directionality/L1/H0"):
     assert k in keys
   assert np.all(np.abs(run.final("symmetry/L0", condition=cond)) <= 1)
+
+
+def test_update_structure_scores_what_training_added(tiny):
+  cfg = tiny()
+  model = models.Transformer(cfg.model, 11, 5, rngs=nnx.Rngs(params=jax.random.PRNGKey(1)))
+  graphdef, init, rest = nnx.split(model, nnx.Param, ...)
+  init = jax.tree.map(jnp.array, init)  # a copy: the model is edited below
+  m = types.SimpleNamespace(model=model, init_params=init, model_rest=rest,
+                            trainer=types.SimpleNamespace(graphdef=graphdef))
+  zero = metrics.qk_update_structure(m)
+  assert sorted(zero) == ["directionality_update/L0", "directionality_update/L1",
+                          "symmetry_update/L0", "symmetry_update/L1"]
+  assert all(float(v) == 0.0 for v in zero.values())  # nothing added yet
+  # W_Q += 0.5 W_K adds 0.5 W_K W_K^T to M: symmetric, so score 1 and 0.
+  for layer in model.layers:
+    layer.attn.query[...] = layer.attn.query[...] + 0.5 * layer.attn.key[...]
+  got = metrics.qk_update_structure(types.SimpleNamespace(**{**vars(m), "model": model}))
+  np.testing.assert_allclose(got["symmetry_update/L1"], 1.0, atol=1e-5)
+  np.testing.assert_allclose(got["directionality_update/L0"], 0.0, atol=1e-5)
+  assert float(metrics.qk_structure(m)["symmetry/L1"]) < 0.9  # M itself is not

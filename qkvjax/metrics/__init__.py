@@ -22,7 +22,8 @@ from qkvjax.metrics.attention import (ablate_head, ablate_qk, attention_signal, 
                                       visible_mask)
 from qkvjax.metrics.circuits import (attention_modules, directionality_score, ov_copying,
                                      ov_copying_score, qk_matrices, qk_structure,
-                                     qk_structure_scores, symmetry_score)
+                                     qk_structure_scores, qk_update_structure,
+                                     symmetry_score)
 from qkvjax.metrics.representations import (rank_collapse, representation_metrics,
                                             token_cosine)
 from qkvjax.metrics.similarity import (embedding_similarity, linear_cka,
@@ -38,7 +39,8 @@ __all__ = [
     "attention_signal", "cosine", "directionality_score", "effective_rank",
     "embedding_similarity", "frobenius", "grad_norms", "linear_cka", "linear_probe_accuracy",
     "logit_std", "matrices", "max_logit", "normalized_entropy", "ov_copying",
-    "ov_copying_score", "qk_matrices", "qk_structure", "qk_structure_scores", "rank_collapse",
+    "ov_copying_score", "qk_matrices", "qk_structure", "qk_structure_scores",
+    "qk_update_structure", "rank_collapse",
     "representation_metrics", "rsa", "spectra", "symmetry_score", "target_attention",
     "token_cosine", "visible_mask", "weight_norms",
 ]

@@ -142,3 +142,19 @@ def qk_structure(m) -> dict[str, jax.Array]:
   for site, attn in attention_modules(m.model).items():
     out.update(qk_structure_scores(attn.matrix("query"), attn.matrix("key"), site))
   return out
+
+
+def qk_update_structure(m) -> dict[str, jax.Array]:
+  """Symmetry and directionality of what training added to each layer's M,
+  sum_h (W_Q W_K^T - W_Q0 W_K0^T) (``symmetry_update/<site>``...): the
+  paper's argument is about the updates, and early in training M is still
+  mostly its random initialization."""
+  now, init = attention_modules(m.model), attention_modules(
+      nnx.merge(m.trainer.graphdef, m.init_params, m.model_rest))
+  out = {}
+  for site, attn in now.items():
+    m_HxMxM = (qk_matrices(attn.matrix("query"), attn.matrix("key"))
+               - qk_matrices(init[site].matrix("query"), init[site].matrix("key")))
+    out[f"symmetry_update/{site}"] = symmetry_score(jnp.sum(m_HxMxM, 0))
+    out[f"directionality_update/{site}"] = directionality_score(jnp.sum(m_HxMxM, 0))
+  return out
