@@ -205,17 +205,45 @@ def report_this(args) -> dict:
 
 
 # ---- against PyTorch ---------------------------------------------------------------------
-TRIAL = r"""
-import json, os, sys, time
-side, overrides = sys.argv[1], json.loads(sys.argv[2])
+PREPARE = r"""
+import json, os, sys
 sys.path.insert(0, os.getcwd())
-from benchmarks.bench_train import _config, _trainer
+overrides, out = json.loads(sys.argv[1]), sys.argv[2]
 import jax, numpy as np
+from flax import nnx
+from benchmarks.bench_train import _config, _trainer
 cfg = _config(overrides)
 trainer = _trainer(cfg)
-state = trainer.init_states()
-steps = cfg.log_every
+state = jax.device_get(trainer.init_states())
+batches = [trainer.task.sample(jax.random.PRNGKey(i), cfg.batch_size * cfg.num_seeds)
+           for i in range(8)]
+tokens = np.stack([np.asarray(b.tokens_BxT).reshape(cfg.num_seeds, cfg.batch_size, -1)
+                   for b in batches])
+target = np.stack([np.asarray(b.target_B).reshape(cfg.num_seeds, -1) for b in batches])
+def jax_loss(i):  # seed i's loss on its share of batch 0, from the same weights
+  one = lambda x: x[i]
+  batch = type(batches[0])(tokens[0, i], target[0, i], None)
+  return float(trainer.loss_fn(jax.tree.map(one, state.params),
+                               jax.tree.map(one, state.model_rest), batch)[0])
+flat = {"/".join(map(str, k)): np.asarray(v) for k, v in
+        nnx.to_flat_state(nnx.State(nnx.to_pure_dict(state.params)))}
+np.savez(out, tokens=tokens, target=target, n_layers=cfg.model.n_layers,
+         log_every=cfg.log_every, jax_loss=np.mean([jax_loss(i) for i in range(cfg.num_seeds)]),
+         **{"p/" + k: v for k, v in flat.items()})
+"""
+
+TRIAL = r"""
+import json, os, sys, time
+side, overrides, data_path = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+sys.path.insert(0, os.getcwd())
+import numpy as np
 if side == "qkvjax":
+  import jax
+  from benchmarks.bench_train import _config, _trainer
+  cfg = _config(overrides)
+  trainer = _trainer(cfg)
+  state = trainer.init_states()
+  steps = cfg.log_every
   chunk = trainer.train_chunk(steps)
   state = chunk(state); jax.block_until_ready(state)
   times = []
@@ -225,33 +253,30 @@ if side == "qkvjax":
   print(json.dumps({"seed_steps_per_s": steps * cfg.num_seeds / sorted(times)[2],
                     "devices": len(jax.devices())}))
   sys.exit(0)
+# PyTorch only: JAX is not imported here (its threads would compete with torch's).
 import torch
-from flax import nnx
 from benchmarks import torch_model
 torch.set_num_threads(os.cpu_count())
-pure = nnx.to_pure_dict(jax.device_get(state.params))
-params = torch_model.from_jax(pure, cfg.model.n_layers)
-batches = [trainer.task.sample(jax.random.PRNGKey(i), cfg.batch_size * cfg.num_seeds)
-           for i in range(8)]
-data = [(torch.tensor(np.asarray(b.tokens_BxT).reshape(cfg.num_seeds, cfg.batch_size, -1),
-                      dtype=torch.long),
-         torch.tensor(np.asarray(b.target_B).reshape(cfg.num_seeds, -1), dtype=torch.long))
-        for b in batches]
-# Same weights, same batch: the same loss at initialization.
-tokens, target = data[0]
+d = np.load(data_path)
+tree = {}
+for key in (k for k in d.files if k.startswith("p/")):
+  node = tree
+  *parents, leaf = key[2:].split("/")
+  for p in parents:
+    node = node.setdefault(int(p) if p.isdigit() else p, {})
+  node[leaf] = d[key]
+n_layers, steps = int(d["n_layers"]), int(d["log_every"])
+params = torch_model.from_jax(tree, n_layers)
+data = [(torch.tensor(t, dtype=torch.long), torch.tensor(y, dtype=torch.long))
+        for t, y in zip(d["tokens"], d["target"])]
+seeds = data[0][0].shape[0]
 with torch.no_grad():
-  ours = torch_model.loss_fn(params, tokens, target, cfg.model.n_layers).item() / cfg.num_seeds
-def jax_loss(i):
-  one = lambda x: x[i]
-  batch = type(batches[0])(jax.numpy.asarray(tokens[i].numpy()),
-                           jax.numpy.asarray(target[i].numpy()), None)
-  return float(trainer.loss_fn(jax.tree.map(one, state.params),
-                               jax.tree.map(one, state.model_rest), batch)[0])
-theirs = float(np.mean([jax_loss(i) for i in range(cfg.num_seeds)]))
+  ours = torch_model.loss_fn(params, *data[0], n_layers).item() / seeds
+theirs = float(d["jax_loss"])
 if abs(ours - theirs) > 1e-4 * max(1.0, abs(theirs)):
   raise SystemExit(f"loss at init differs: torch {ours} vs jax {theirs}")
-model = (torch_model.Looped(params, cfg.model.n_layers) if side == "torch looped" else
-         torch_model.Batched(params, cfg.model.n_layers, compile_step=side == "torch compiled"))
+model = (torch_model.Looped(params, n_layers) if side == "torch looped" else
+         torch_model.Batched(params, n_layers, compile_step=side == "torch compiled"))
 for i in range(3):  # warm-up (and compilation)
   model.step(*data[i % len(data)])
 times = []
@@ -260,7 +285,7 @@ for _ in range(5):
   for i in range(steps):
     model.step(*data[i % len(data)])
   times.append(time.perf_counter() - t0)
-print(json.dumps({"seed_steps_per_s": steps * cfg.num_seeds / sorted(times)[2],
+print(json.dumps({"seed_steps_per_s": steps * seeds / sorted(times)[2],
                   "loss_at_init": [ours, theirs]}))
 """
 
@@ -268,24 +293,37 @@ SIDES = ("qkvjax", "qkvjax, 1 device per core", "torch looped", "torch batched",
          "torch compiled")
 
 
-def torch_trial(side: str, overrides: dict) -> dict:
+def prepare(overrides: dict, path: str) -> None:
+  """Initial weights, batches and JAX's loss at initialization, for PyTorch."""
+  subprocess.run([sys.executable, "-c", PREPARE, json.dumps(overrides), path], cwd=ROOT,
+                 env={**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "1"},
+                 capture_output=True, text=True, timeout=3600, check=True)
+
+
+def torch_trial(side: str, overrides: dict, data_path: str) -> dict:
   devices = os.cpu_count() if side == "qkvjax, 1 device per core" else 1
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "QKVJAX_CPU_DEVICES": str(devices),
-         "JAX_NUM_CPU_DEVICES": str(devices)}
-  proc = subprocess.run([sys.executable, "-c", TRIAL, side.split(",")[0], json.dumps(overrides)],
-                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": str(devices)}
+  proc = subprocess.run([sys.executable, "-c", TRIAL, side.split(",")[0], json.dumps(overrides),
+                         data_path], cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=3600)
   if proc.returncode != 0:
     return {"error": (proc.stderr or proc.stdout).strip().splitlines()[-1][:200]}
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def report_torch(args) -> dict:
+  import tempfile  # pylint: disable=g-import-not-at-top
   out: dict = {}
-  for name, overrides in WORKLOADS.items():
+  tmp = tempfile.mkdtemp()
+  for w, (name, overrides) in enumerate(WORKLOADS.items()):
+    if args.workloads and name not in args.workloads.split(","):
+      continue
+    data_path = f"{tmp}/workload{w}.npz"
+    prepare(overrides, data_path)
     got = {side: [] for side in SIDES}
     for t in range(args.trials):
       for side in (SIDES if t % 2 == 0 else SIDES[::-1]):
-        got[side].append(torch_trial(side, overrides))
+        got[side].append(torch_trial(side, overrides, data_path))
       print(f"{name}, trial {t}: " + ", ".join(
           f"{s}: {g[-1].get('seed_steps_per_s', g[-1].get('error'))}" for s, g in got.items()),
             flush=True)
@@ -311,6 +349,7 @@ def main():
   parser.add_argument("--quick", action="store_true", help="fewer repeats (smoke test)")
   parser.add_argument("--torch", action="store_true", help="compare with PyTorch")
   parser.add_argument("--trials", type=int, default=5)
+  parser.add_argument("--workloads", default="", help="comma-separated (default: all)")
   parser.add_argument("--out", default="results/benchmarks")
   args = parser.parse_args()
   rep = report_torch(args) if args.torch else report_this(args)

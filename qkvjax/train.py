@@ -286,8 +286,12 @@ class Trainer:
                                                     self.batch(state))
     updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(x))
-                                for x in jax.tree.leaves((grads, params))]))
+    # One fused sum of the gradients and the update is finite iff all of them
+    # are (non-finite values propagate): cheaper than testing every element and
+    # parameter (a sum of the gradients alone measured 1.05x seed-steps/s on the
+    # headline, median of 5 alternated trials; benchmarks.step_variants). The
+    # update is summed too, so a finite step keeps the parameters finite.
+    finite = jnp.isfinite(sum(jnp.sum(x) for x in jax.tree.leaves((grads, updates))))
     newly = ~finite & ~state.diverged
     diverged = state.diverged | ~finite
     keep = lambda new, old: jnp.where(diverged, old, new)
