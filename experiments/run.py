@@ -10,6 +10,8 @@ Thin by design: parse flags, load and check the config, call the library.
     --results_dir=DIR          where run directories are created (default results/)
     --tensorboard              also write TensorBoard event files
     --[no]progress             the progress bar
+    --figure_formats=png,pdf   the figures' file formats (png, pdf, svg), or none: no
+                               figures (draw them later with --exp=figures)
     --cpu_devices=N            CPU devices the run axis is sharded over (default: one
                                per physical core)
     --compilation_cache=DIR    where compiled programs are kept across runs (default
@@ -42,11 +44,14 @@ flags.DEFINE_integer("num_processes", None, "Multi-process: how many processes."
 flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
 flags.DEFINE_string("compilation_cache", None, "Persistent compilation cache directory "
                     "(default $QKVJAX_CACHE_DIR or ~/.cache/qkvjax/jax; 'off' to disable).")
+flags.DEFINE_string("figure_formats", "png,pdf", "Comma-separated figure formats among "
+                    "png, pdf, svg, or 'none' (draw them later with --exp=figures).")
 flags.DEFINE_integer("cpu_devices", None, "CPU devices (default: one per physical core, or "
                      "$QKVJAX_CPU_DEVICES; $JAX_NUM_CPU_DEVICES wins).")
 
 ACCEPTED = ("accepted: --exp=NAME, --config.FIELD=VALUE, --sweep.FIELD=V1,V2, --sweep, "
-            "--resume=DIR, --results_dir=DIR, --tensorboard, --[no]progress")
+            "--resume=DIR, --results_dir=DIR, --tensorboard, --[no]progress, "
+            "--figure_formats=png,pdf")
 
 
 def entry(exp: str):
@@ -104,6 +109,8 @@ def main(argv: list[str]) -> int:
     if FLAGS.cpu_devices is not None and FLAGS.cpu_devices < 1:
       raise config_lib.ConfigError(f"--cpu_devices={FLAGS.cpu_devices} is out of range; "
                                    "accepted: an integer >= 1")
+    from qkvjax import plotting  # pylint: disable=g-import-not-at-top
+    plotting.set_formats(FLAGS.figure_formats)
     from qkvjax import distributed  # pylint: disable=g-import-not-at-top
     distributed.configure_cpu_devices(FLAGS.cpu_devices)
     _start_processes()

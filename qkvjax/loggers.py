@@ -35,7 +35,7 @@ class TensorBoardSink:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
     except ImportError:
       raise ConfigError("--tensorboard needs the tensorboardX package; install it with "
-                        "`pip install -e '.[tensorboard]'`") from None
+                        "`pip install -e '.[tensorboard]'`")
     self._writer = SummaryWriter(str(pathlib.Path(run_dir) / "tensorboard"))
 
   def write(self, step: int, metrics: dict[str, np.ndarray], fields: dict[str, Any]) -> None:
@@ -58,8 +58,7 @@ class TensorBoardSink:
 
 def check_tensorboard() -> None:
   """ConfigError now, before anything is written, if the writer is missing."""
-  try:
-    import tensorboardX  # pylint: disable=g-import-not-at-top,unused-import
-  except ImportError:
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  if importlib.util.find_spec("tensorboardX") is None:
     raise ConfigError("--tensorboard needs the tensorboardX package; install it with "
-                      "`pip install -e '.[tensorboard]'`") from None
+                      "`pip install -e '.[tensorboard]'`")

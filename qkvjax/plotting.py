@@ -33,14 +33,38 @@ plt.rcParams.update({
 })
 
 
-def save(fig, run_dir: pathlib.Path, name: str) -> str:
-  """Writes ``name.png`` and ``name.pdf`` atomically; returns the PNG name."""
-  for ext in ("png", "pdf"):
+# The file formats every figure is saved in (``--figure_formats``); empty: no
+# figures are drawn (a large sweep can draw them later with --exp=figures).
+FORMATS: tuple[str, ...] = ("png", "pdf")
+ACCEPTED_FORMATS = ("png", "pdf", "svg")
+
+
+def set_formats(text: str) -> None:
+  """``--figure_formats``: comma-separated formats among ACCEPTED_FORMATS, or
+  'none'. Raises config.ConfigError naming the bad value."""
+  from qkvjax import config as config_lib  # pylint: disable=g-import-not-at-top
+  global FORMATS
+  if text.strip() == "none":
+    FORMATS = ()
+    return
+  formats = config_lib.parse_list("--figure_formats", text, str)
+  bad = [f for f in formats if f not in ACCEPTED_FORMATS]
+  if bad:
+    raise config_lib.ConfigError(f"--figure_formats={text!r}: unknown format {bad[0]!r}; "
+                                 f"accepted: comma-separated {', '.join(ACCEPTED_FORMATS)}, "
+                                 "or none")
+  FORMATS = formats
+
+
+def save(fig, run_dir: pathlib.Path, name: str) -> str | None:
+  """Writes the figure in every format of FORMATS atomically; returns the
+  first file's name (None, writing nothing, when FORMATS is empty)."""
+  for ext in FORMATS:
     buf = io.BytesIO()
     fig.savefig(buf, format=ext, bbox_inches="tight")
     results.write_atomic(pathlib.Path(run_dir) / f"{name}.{ext}", buf.getvalue())
   plt.close(fig)
-  return f"{name}.png"
+  return f"{name}.{FORMATS[0]}" if FORMATS else None
 
 
 def nan_mean_std(x, axis=0):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from qkvjax import bibliography
+from qkvjax import plotting
 from qkvjax import results
 
 HOW_TO_READ = (
@@ -106,10 +107,14 @@ def quote_lines(claims: list[dict[str, Any]]) -> list[str]:
 
 
 def figure_lines(figures: dict[str, str]) -> list[str]:
-  """A report section per figure: the PNG embedded, the PDF linked."""
+  """A report section per figure: the first format embedded, the others linked."""
+  if not plotting.FORMATS:
+    return ["Not drawn (`--figure_formats=none`); the redraw command below draws them.", ""]
   lines = []
-  for title, png in figures.items():
-    lines += [f"### {title}", "", f"![{title}]({png}) ([PDF]({png[:-4]}.pdf))", ""]
+  for title, first in figures.items():
+    stem = first.rsplit(".", 1)[0]
+    links = " ".join(f"([{ext.upper()}]({stem}.{ext}))" for ext in plotting.FORMATS[1:])
+    lines += [f"### {title}", "", f"![{title}]({first}) {links}".rstrip(), ""]
   return lines
 
 

@@ -344,7 +344,7 @@ def finish(study: Study, run_dir) -> None:
   summary = summarize(study, run)
   results.write_json(run.dir / "summary.json", summary)
   figures = {}
-  for fig in study.figures(run):
+  for fig in study.figures(run) if plotting.FORMATS else []:
     drawn = fig.draw(run)
     plotting.incomplete_note(drawn, run)
     figures[fig.title] = plotting.save(drawn, run.dir, fig.name)

@@ -150,7 +150,7 @@ def finish(sweep_dir: pathlib.Path) -> None:
   summary = collect(sweep_dir)
   results.write_json(sweep_dir / "summary.json", summary)
   figures = {}
-  if summary["claims"]:
+  if summary["claims"] and plotting.FORMATS:
     figures["Effects against the swept values"] = plotting.save(
         effect_figure(summary), sweep_dir, "effects_vs_sweep")
   incomplete = [p["name"] for p in summary["points"] if p.get("status") != "complete"]

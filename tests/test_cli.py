@@ -60,13 +60,19 @@ def test_end_to_end_run_writes_every_promised_file_and_redraws(tmp_path, capsys)
   assert (run_dir / "grad_norms.png").is_file()
   assert (run_dir / "summary.json").read_text() == summary_before
 
-  # A second run gets its own directory.
-  assert run_cli.main(argv) == 0
-  assert len(list((tmp_path / "specialization").iterdir())) == 2
+  # A second run gets its own directory; with --figure_formats=none it draws
+  # no figure and its report says how to draw them.
+  assert run_cli.main(argv + ["--figure_formats=none"]) == 0
+  first, second = sorted((tmp_path / "specialization").iterdir())
+  assert first == run_dir
+  assert not list(second.glob("*.png")) and not list(second.glob("*.pdf"))
+  assert "Not drawn (`--figure_formats=none`)" in (second / "report.md").read_text()
 
 
 @pytest.mark.parametrize("args,expected", [
     (["--exp=nope"], "unknown experiment 'nope'; accepted: "),
+    (["--figure_formats=png,gif"], "unknown format 'gif'; accepted: comma-separated png, pdf"),
+    (["--figure_formats=png,,pdf"], "has an empty item"),
     (["--config.nope=1"], "unknown config field 'nope'"),
     (["--config.model.nope=1"], "accepted at model: "),
     (["--config.steps=1.5"], "--config.steps='1.5' is not an integer"),

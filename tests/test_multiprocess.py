@@ -14,7 +14,7 @@ import numpy as np
 
 from tests.conftest import ROOT
 
-ARGS = ["-m", "experiments.run", "--exp=specialization", "--noprogress",
+ARGS = ["-m", "experiments.run", "--exp=specialization", "--noprogress", "--figure_formats=none",
         "--sweep.optim.learning_rate=1e-3,1e-2", "--sweep.model.n_heads=1,2",
         "--config.num_seeds=3", "--config.steps=4", "--config.log_every=2",
         "--config.batch_size=8", "--config.model.d_model=16", "--config.model.d_head=8",

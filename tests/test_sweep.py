@@ -103,7 +103,8 @@ def _interrupt_after(monkeypatch, writes: int):
 def test_an_interrupted_run_resumes_to_the_same_metrics_line_for_line(tmp_path, monkeypatch,
                                                                        capsys):
   args = [a for a in TINY if "steps" not in a and "log_every" not in a] + [
-      "--config.steps=12", "--config.log_every=2", "--config.checkpoint_every=2"]
+      "--config.steps=12", "--config.log_every=2", "--config.checkpoint_every=2",
+      "--figure_formats=none"]  # figures are tested elsewhere; the redraw below draws them
   assert run_cli.main(["run", f"--results_dir={tmp_path}/full"] + args) == 0
   (full,) = (tmp_path / "full" / "specialization").iterdir()
   _interrupt_after(monkeypatch, 4)
@@ -120,7 +121,7 @@ def test_an_interrupted_run_resumes_to_the_same_metrics_line_for_line(tmp_path, 
   # A different config is refused; then the resume reproduces every line.
   assert run_cli.main(["run", f"--resume={cut}", "--config.num_seeds=3"]) == 2
   assert "differs from the config" in capsys.readouterr().err
-  assert run_cli.main(["run", f"--resume={cut}", "--noprogress"]) == 0
+  assert run_cli.main(["run", f"--resume={cut}", "--noprogress", "--figure_formats=none"]) == 0
   assert (cut / "metrics.jsonl").read_text() == (full / "metrics.jsonl").read_text()
   assert json.loads((cut / "config.json").read_text())["status"] == "complete"
   assert checkpoints.steps(cut, ["default"]) == [8, 12]  # the last two kept
@@ -132,7 +133,7 @@ def test_an_interrupted_run_resumes_to_the_same_metrics_line_for_line(tmp_path, 
 
 
 def test_trained_parameters_load_back(tmp_path):
-  assert run_cli.main(["run", f"--results_dir={tmp_path}"] + TINY) == 0
+  assert run_cli.main(["run", f"--results_dir={tmp_path}", "--figure_formats=none"] + TINY) == 0
   (run_dir,) = (tmp_path / "specialization").iterdir()
   params = qkvjax.load_run_params(run_dir)
   w_q = params["default"]["layers"][0]["attn"]["query"][...]

@@ -233,7 +233,8 @@ def finish(run_dir) -> None:
   results.write_json(s.dir / "summary.json", summ)
   figures = {"Per layer and head": plotting.save(heatmaps(s), s.dir, "heads"),
              "Per layer": plotting.save(layer_curves(s), s.dir, "layers"),
-             "Singular values of W_Q, W_K, W_V": plotting.save(spectra(s), s.dir, "spectra")}
+             "Singular values of W_Q, W_K, W_V": plotting.save(spectra(s), s.dir, "spectra")
+             } if plotting.FORMATS else {}
   ck, a = s.saved["checkpoint"], s.arch
   text_note = (f"Text: {len(s.text_rows)} samples of {s.saved['config']['text']['passages']} "
                f"passages × {s.saved['config']['text']['seq_len']} tokens of the prose of "
