@@ -17,6 +17,11 @@ model, looped; all seeds batched in one model, eager; and batched under
 ``torch.compile``), each trial a fresh process, alternated; the median of
 ``--trials`` and the ratio qkvjax / PyTorch. Both start from the same weights
 and compute the same loss at initialization (checked first).
+``--workloads``, ``--sides`` and ``--chunk`` (steps per timed chunk) narrow a
+long comparison, e.g. without the looped PyTorch models:
+
+    python -m benchmarks.bench_train --torch --chunk=10 --workloads="64 seeds,larger model" \
+        --sides="qkvjax;qkvjax, 1 device per core;torch batched;torch compiled"
 """
 
 from __future__ import annotations
@@ -235,6 +240,7 @@ np.savez(out, tokens=tokens, target=target, n_layers=cfg.model.n_layers,
 TRIAL = r"""
 import json, os, sys, time
 side, overrides, data_path = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+chunk_steps = int(sys.argv[4])
 sys.path.insert(0, os.getcwd())
 import numpy as np
 if side == "qkvjax":
@@ -243,7 +249,7 @@ if side == "qkvjax":
   cfg = _config(overrides)
   trainer = _trainer(cfg)
   state = trainer.init_states()
-  steps = cfg.log_every
+  steps = chunk_steps or cfg.log_every
   chunk = trainer.train_chunk(steps)
   state = chunk(state); jax.block_until_ready(state)
   times = []
@@ -265,7 +271,7 @@ for key in (k for k in d.files if k.startswith("p/")):
   for p in parents:
     node = node.setdefault(int(p) if p.isdigit() else p, {})
   node[leaf] = d[key]
-n_layers, steps = int(d["n_layers"]), int(d["log_every"])
+n_layers, steps = int(d["n_layers"]), chunk_steps or int(d["log_every"])
 params = torch_model.from_jax(tree, n_layers)
 data = [(torch.tensor(t, dtype=torch.long), torch.tensor(y, dtype=torch.long))
         for t, y in zip(d["tokens"], d["target"])]
@@ -300,12 +306,12 @@ def prepare(overrides: dict, path: str) -> None:
                  capture_output=True, text=True, timeout=3600, check=True)
 
 
-def torch_trial(side: str, overrides: dict, data_path: str) -> dict:
+def torch_trial(side: str, overrides: dict, data_path: str, chunk: int = 0) -> dict:
   devices = os.cpu_count() if side == "qkvjax, 1 device per core" else 1
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": str(devices)}
   proc = subprocess.run([sys.executable, "-c", TRIAL, side.split(",")[0], json.dumps(overrides),
-                         data_path], cwd=ROOT, env=env, capture_output=True, text=True,
-                        timeout=3600)
+                         data_path, str(chunk)], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=3600)
   if proc.returncode != 0:
     return {"error": (proc.stderr or proc.stdout).strip().splitlines()[-1][:200]}
   return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -320,10 +326,11 @@ def report_torch(args) -> dict:
       continue
     data_path = f"{tmp}/workload{w}.npz"
     prepare(overrides, data_path)
-    got = {side: [] for side in SIDES}
+    sides = [x for x in SIDES if not args.sides or x in args.sides.split(";")]
+    got = {side: [] for side in sides}
     for t in range(args.trials):
-      for side in (SIDES if t % 2 == 0 else SIDES[::-1]):
-        got[side].append(torch_trial(side, overrides, data_path))
+      for side in (sides if t % 2 == 0 else sides[::-1]):
+        got[side].append(torch_trial(side, overrides, data_path, args.chunk))
       print(f"{name}, trial {t}: " + ", ".join(
           f"{s}: {g[-1].get('seed_steps_per_s', g[-1].get('error'))}" for s, g in got.items()),
             flush=True)
@@ -335,10 +342,10 @@ def report_torch(args) -> dict:
            for s, vals in sides.items()}
     cells = [f"{s} {med[s]:.0f} ({min(v for v in sides[s] if v):.0f}-"
              f"{max(v for v in sides[s] if v):.0f})" if med[s] else f"{s} failed"
-             for s in SIDES]
-    best = max((med[s] for s in SIDES[:2] if med[s]), default=None)
+             for s in sides]
+    best = max((med[s] for s in SIDES[:2] if med.get(s)), default=None)
     ratios = [f"x{best / med[s]:.2f} vs {s}" for s in ("torch batched", "torch compiled")
-              if best and med[s]]
+              if best and med.get(s)]
     print(f"  {name}: " + "; ".join(cells) + (f"  -> best qkvjax {', '.join(ratios)}"
                                               if ratios else ""))
   return out
@@ -350,6 +357,10 @@ def main():
   parser.add_argument("--torch", action="store_true", help="compare with PyTorch")
   parser.add_argument("--trials", type=int, default=5)
   parser.add_argument("--workloads", default="", help="comma-separated (default: all)")
+  parser.add_argument("--sides", default="", help="';'-separated sides of --torch "
+                      f"(default: all of {'; '.join(SIDES)})")
+  parser.add_argument("--chunk", type=int, default=0, help="steps per timed chunk in "
+                      "--torch trials (default: the config's log_every)")
   parser.add_argument("--out", default="results/benchmarks")
   args = parser.parse_args()
   rep = report_torch(args) if args.torch else report_this(args)
