@@ -137,9 +137,12 @@ def test_passages_frame_each_run_with_the_tokenizers_special_tokens(loaded):
 
 
 def _run(tmp_path, checkpoint, *flags):
+  """``--exp=pretrained`` on a small text; ``flags`` replace the text defaults."""
+  given = {f.split("=")[0] for f in flags}
+  text = [f for f in ("--config.text.seq_len=24", "--config.text.num_samples=3",
+                      "--config.text.passages=2") if f.split("=")[0] not in given]
   return run_cli.main(["run", "--exp=pretrained", f"--config.checkpoint={checkpoint}",
-                       f"--results_dir={tmp_path}", "--config.text.seq_len=24",
-                       "--config.text.num_samples=3", "--config.text.passages=2", *flags])
+                       f"--results_dir={tmp_path}", *text, *flags])
 
 
 def test_end_to_end_with_tokenizer_writes_report_and_redraws(tmp_path):
@@ -218,7 +221,8 @@ def test_bad_checkpoint_is_one_line_exit_2_nothing_written(tmp_path, capsys, cas
 def test_unknown_package_name_is_one_line_exit_2(tmp_path, capsys):
   assert _run(tmp_path / "r", "no-such-checkpoint-package") == 2
   err = capsys.readouterr().err.strip()
-  assert "'no-such-checkpoint-package' is no directory, zip file or installed package" in err
+  assert ("'no-such-checkpoint-package' is no directory, zip file, installed package or Hub "
+          "id (org/name[@revision])") in err
   assert "\n" not in err and not (tmp_path / "r").exists()
 
 

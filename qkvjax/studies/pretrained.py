@@ -38,9 +38,10 @@ def _checked(config):
   config_lib.require_at_least(config, ("text.passages",))
   config_lib.require_at_least(config, ("text.seq_len",), 8)
   got = pretrained.inspect(config.checkpoint)
-  config_lib.require(config.text.seq_len <= got.arch.max_len, "text.seq_len",
-                     config.text.seq_len, f"8..{got.arch.max_len} (the checkpoint's longest "
-                     "input)")
+  if got.tokenizer is not None:  # without one there is no text (an exported run's model)
+    config_lib.require(config.text.seq_len <= got.arch.max_len, "text.seq_len",
+                       config.text.seq_len, f"8..{got.arch.max_len} (the checkpoint's "
+                       "longest input)")
   return got, pretrained.passages(got, config.text)
 
 
@@ -242,8 +243,11 @@ def finish(run_dir) -> None:
                "Foundation License), cut with the checkpoint's own tokenizer."
                if s.text_rows else "**Text metrics skipped**: the checkpoint has no "
                "tokenizer.json, so only the weight-level scores were measured.")
+  hub = ck.get("hub")  # runs saved before Hub ids have none
+  via = (f" (Hugging Face Hub `{hub['repo_id']}` at `{hub['revision']}`, commit "
+         f"`{hub['commit']}`)" if hub else "")
   lines = [f"# qkvjax: the pretrained checkpoint {ck['spec']}", "",
-           f"Read from `{ck['where']}`: {ck['model_type']} ({', '.join(ck['architectures'] or [])}), "
+           f"Read from `{ck['where']}`{via}: {ck['model_type']} ({', '.join(ck['architectures'] or [])}), "
            f"{a['n_layers']} layers × {a['n_heads']} heads (key/value heads {a['n_kv_heads']}), "
            f"d_model {a['d_model']}, d_head {a['d_head']}, "
            f"{'causal' if a['causal'] else 'bidirectional'}; stored as "
