@@ -6,17 +6,45 @@ final LayerNorm and an unembedding. Parameter paths read as
 ``layers/0/attn/query``; metrics shorten them to ``L0/query``
 (``capture.site_name``).
 
+Two options for circuit studies (Bietti et al. 2023), off when the ``model``
+block lacks them, so the default model and program are unchanged:
+``frozen_embeddings`` keeps the random token embedding and unembedding as
+``Frozen`` variables (not ``nnx.Param``: the optimizer never sees them), and
+``positions="sinusoidal"`` uses fixed sinusoidal positions instead of learned
+ones. Both draw the same random keys as the default, so every other weight
+is the default model's for the same seed.
+
 Letters in names: B batch, T positions, M d_model, F MLP width, V vocabulary.
 """
 
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from qkvjax import attention
 from qkvjax.models.attention_block import MultiHeadAttention, resolve_scale
 from qkvjax.models.hyper import hyper, record, value_of
+
+
+class Frozen(nnx.Variable):
+  """A weight the model uses but training never updates (not an ``nnx.Param``)."""
+
+
+def option(cfg, name: str, default):
+  """``cfg.name`` where the model block has the field, else ``default``."""
+  return cfg[name] if name in cfg else default
+
+
+def sinusoidal_positions(seq_len: int, d_model: int) -> jax.Array:
+  """Vaswani et al.'s fixed positions [T, M]: sin and cos of t / 10000^(2i/M)."""
+  t_T1 = jnp.arange(seq_len, dtype=jnp.float32)[:, None]
+  freq_H = jnp.exp(-jnp.log(10000.0) * jnp.arange(0, d_model, 2, dtype=jnp.float32) / d_model)
+  angle_TxH = t_T1 * freq_H
+  out_TxM = jnp.zeros((seq_len, d_model), jnp.float32)
+  out_TxM = out_TxM.at[:, 0::2].set(jnp.sin(angle_TxH))
+  return out_TxM.at[:, 1::2].set(jnp.cos(angle_TxH[:, :d_model // 2]))
 
 
 class Block(nnx.Module):
@@ -60,6 +88,9 @@ def _scale(cfg):
   return resolve_scale(cfg.attn_scale, cfg.d_head)
 
 
+POSITIONS = ("learned", "sinusoidal")
+
+
 class Transformer(nnx.Module):
   """``Transformer(cfg, vocab_size, seq_len, rngs=...)``; ``cfg`` is the
   ``model`` block of a config (``qkvjax.config.model_config``)."""
@@ -73,6 +104,14 @@ class Transformer(nnx.Module):
     self.ln_final = nnx.LayerNorm(m, epsilon=1e-5, rngs=rngs)
     self.unembed = nnx.Linear(m, vocab_size, use_bias=False, rngs=rngs)
     self.causal = cfg.causal
+    positions = option(cfg, "positions", "learned")
+    if positions not in POSITIONS:
+      raise ValueError(f"positions={positions!r}: expected one of {POSITIONS}")
+    if positions == "sinusoidal":
+      self.pos_embed = Frozen(sinusoidal_positions(seq_len, m))
+    if option(cfg, "frozen_embeddings", False):
+      self.embed.embedding = Frozen(self.embed.embedding[...])
+      self.unembed.kernel = Frozen(self.unembed.kernel[...])
 
   @property
   def embedding_matrix(self) -> jax.Array:
@@ -83,6 +122,11 @@ class Transformer(nnx.Module):
   def unembedding_matrix(self) -> jax.Array:
     """W_U [M, V]."""
     return self.unembed.kernel[...]
+
+  @property
+  def position_matrix(self) -> jax.Array:
+    """The position embeddings [T, M] (learned or fixed)."""
+    return self.pos_embed[...]
 
   def __call__(self, tokens_BxT: jax.Array, *, attn_scale=None) -> jax.Array:
     """Next-token logits [B, T, V]. ``attn_scale`` overrides every block's

@@ -8,6 +8,9 @@
   the context reveals.
 - ``spelling``: English spelling -> pronunciation (CMU Pronouncing
   Dictionary), for the encoder-decoder.
+- ``induction``: Bietti et al.'s bigram sequences (the prose's characters)
+  with in-context trigger -> output pairs, and Olsson et al.'s repeated
+  random sequences, for induction heads.
 - ``text``: real English prose (CPython's documentation topics) as
   ``causal_text`` (next-token prediction) or ``masked_text`` (masked-token
   prediction).
@@ -21,7 +24,7 @@ from __future__ import annotations
 from typing import Callable
 
 from qkvjax import config as config_lib
-from qkvjax.tasks import context, relations, selection, spelling, text
+from qkvjax.tasks import context, induction, relations, selection, spelling, text
 from qkvjax.tasks.base import Task
 
 BUILDERS: dict[str, Callable] = {
@@ -34,6 +37,7 @@ BUILDERS: dict[str, Callable] = {
                                         c.data.heldout_fraction),
     "causal_text": lambda c: text.make_text_task(c.task, "causal"),
     "masked_text": lambda c: text.make_text_task(c.task, "masked"),
+    "induction": lambda c: induction.make_induction_task(c.task),
 }
 
 
@@ -57,6 +61,7 @@ VALIDATORS: dict[str, Callable] = {
     "spelling": lambda c: spelling.validate(c),  # pylint: disable=unnecessary-lambda
     "causal_text": lambda c: text.validate(c),  # pylint: disable=unnecessary-lambda
     "masked_text": lambda c: text.validate(c),  # pylint: disable=unnecessary-lambda
+    "induction": lambda c: induction.validate(c),  # pylint: disable=unnecessary-lambda
 }
 
 
@@ -70,5 +75,6 @@ def make(name: str, config) -> Task:
   return BUILDERS[name](config)
 
 
-__all__ = ["BUILDERS", "Task", "VALIDATORS", "context", "make", "relations", "selection",
+__all__ = ["BUILDERS", "Task", "VALIDATORS", "context", "induction", "make", "relations",
+           "selection",
            "spelling", "text", "validate"]
