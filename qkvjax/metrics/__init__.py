@@ -20,8 +20,9 @@ run-vmapped measurement; a study lists the groups it logs.
 from qkvjax.metrics.attention import (ablate_head, ablate_qk, attention_signal, logit_std,
                                       max_logit, normalized_entropy, target_attention,
                                       visible_mask)
-from qkvjax.metrics.circuits import (attention_modules, directionality_score, ov_copying,
-                                     ov_copying_score, qk_matrices, qk_structure,
+from qkvjax.metrics.circuits import (attention_modules, copying_from_matrices,
+                                     directionality_score, ov_copying, ov_copying_score,
+                                     ov_matrices, qk_matrices, qk_structure,
                                      qk_structure_scores, qk_update_structure,
                                      symmetry_score)
 from qkvjax.metrics.representations import (rank_collapse, representation_metrics,
@@ -36,10 +37,11 @@ Metrics = dict
 
 __all__ = [
     "ablate_head", "ablate_qk", "attention_matrices", "attention_modules",
-    "attention_signal", "cosine", "directionality_score", "effective_rank",
+    "attention_signal", "copying_from_matrices", "cosine", "directionality_score",
+    "effective_rank",
     "embedding_similarity", "frobenius", "grad_norms", "linear_cka", "linear_probe_accuracy",
     "logit_std", "matrices", "max_logit", "normalized_entropy", "ov_copying",
-    "ov_copying_score", "qk_matrices", "qk_structure", "qk_structure_scores",
+    "ov_copying_score", "ov_matrices", "qk_matrices", "qk_structure", "qk_structure_scores",
     "qk_update_structure", "rank_collapse",
     "representation_metrics", "rsa", "spectra", "symmetry_score", "target_attention",
     "token_cosine", "visible_mask", "weight_norms",

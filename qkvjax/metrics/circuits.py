@@ -9,11 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from qkvjax.metrics.host import HostMetric
 from qkvjax.models import MultiHeadAttention, site_name
 
 
 def _eigvals(m: jax.Array) -> jax.Array:
-  """Eigenvalues of a small real matrix; host fallback where XLA lacks eig."""
+  """Eigenvalues of a small real matrix; host fallback where XLA lacks eig.
+  Only for unsharded programs (one model's weights, ``qkvjax.pretrained``):
+  measurements of a training run use ``ov_copying``, finished on the host."""
   if jax.default_backend() in ("cpu", "gpu", "cuda", "rocm"):
     return jnp.linalg.eigvals(m)
   shape = jax.ShapeDtypeStruct(m.shape[:-1], jnp.complex64)
@@ -36,11 +39,11 @@ def attention_modules(model: nnx.Module) -> dict[str, MultiHeadAttention]:
           if isinstance(mod, MultiHeadAttention)}
 
 
-def ov_copying(m) -> dict[str, jax.Array]:
-  """Copying score per head of every attention site, for models with
-  ``embedding_matrix`` and ``unembedding_matrix`` (LayerNorm gains left out,
+def ov_matrices(model: nnx.Module) -> dict[str, jax.Array]:
+  """Per head of every attention site, the D x D matrix W_O W_U W_E W_V whose
+  eigenvalues are the OV circuit's nonzero ones ({} without an
+  ``embedding_matrix`` and ``unembedding_matrix``; LayerNorm gains left out,
   as in Elhage et al.)."""
-  model = m.model
   if not hasattr(model, "embedding_matrix"):
     return {}
   w_e, w_u = model.embedding_matrix, model.unembedding_matrix
@@ -48,8 +51,31 @@ def ov_copying(m) -> dict[str, jax.Array]:
   for site, attn in attention_modules(model).items():
     w_v, w_o = attn.matrix("value"), attn.out[...]
     for h in range(attn.n_heads):
-      out[f"ov_copying/{site}/H{h}"] = ov_copying_score(w_e, w_v[:, h], w_o[h], w_u)
+      out[f"{site}/H{h}"] = w_o[h] @ w_u @ w_e @ w_v[:, h]
   return out
+
+
+def copying_from_matrices(ov_RxDxD: np.ndarray) -> np.ndarray:
+  """``ov_copying_score`` of [runs, D, D] host arrays, in float64 numpy."""
+  lam = np.linalg.eigvals(np.asarray(ov_RxDxD, np.float64))
+  return np.sum(lam.real, -1) / (np.sum(np.abs(lam), -1) + 1e-12)
+
+
+def _collect_ov(m) -> dict[str, jax.Array]:
+  return ov_matrices(m.model)
+
+
+def _finish_ov(got: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  return {f"ov_copying/{k}": copying_from_matrices(v).astype(np.float32)
+          for k, v in got.items()}
+
+
+# Copying score per head of every attention site (``ov_copying/L0/H0``). The
+# eigenvalues are computed on the host, after the run axis is gathered: XLA's
+# CPU eigendecomposition (LAPACK geev) inside a program sharded over several
+# CPU devices deadlocked, each device's call holding a worker thread of the
+# pool its own sub-tasks waited for (as the SVD did; ``metrics.spectra``).
+ov_copying = HostMetric(_collect_ov, _finish_ov)
 
 
 # ---- weight-level structure of W_Q W_K^T (Saponati et al. 2025) -------------------
