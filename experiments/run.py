@@ -106,6 +106,7 @@ def main(argv: list[str]) -> int:
       raise config_lib.ConfigError(str(e).splitlines()[0]) from None
     if positional:
       raise config_lib.ConfigError(f"unexpected argument {positional[0]!r}; {ACCEPTED}")
+    _resolve_paths(overrides)
     if FLAGS.cpu_devices is not None and FLAGS.cpu_devices < 1:
       raise config_lib.ConfigError(f"--cpu_devices={FLAGS.cpu_devices} is out of range; "
                                    "accepted: an integer >= 1")
@@ -118,6 +119,8 @@ def main(argv: list[str]) -> int:
     train.enable_compilation_cache(FLAGS.compilation_cache)
     from qkvjax import study as study_lib  # pylint: disable=g-import-not-at-top
     if FLAGS.resume:
+      if FLAGS["exp"].present:
+        _same_experiment(FLAGS.resume, FLAGS.exp)
       if sweeps or FLAGS.sweep:
         raise config_lib.ConfigError("--resume takes its grid from the sweep directory; "
                                      "accepted: --resume=DIR without --sweep flags")
@@ -163,6 +166,49 @@ def main(argv: list[str]) -> int:
   except KeyboardInterrupt:  # in-process (tests): the runner has marked the run
     return 130
   return _report(out)
+
+
+# Path flags and path-valued config fields: resolved once, here, against the
+# current directory, so every layer below (Orbax among them, which refuses
+# relative paths) sees an absolute path, and config.json records it.
+PATH_FIELDS = ("run_dir", "checkpoint")
+
+
+def _resolve_paths(overrides: dict[str, str]) -> None:
+  import pathlib  # pylint: disable=g-import-not-at-top
+  from qkvjax import config as config_lib  # pylint: disable=g-import-not-at-top
+  for name in ("results_dir", "resume", "compilation_cache"):
+    value = FLAGS[name].value
+    if value is None or (name == "compilation_cache" and value == "off"):
+      continue
+    if not value.strip():
+      raise config_lib.ConfigError(f"--{name}={value!r} is empty; accepted: a directory path"
+                                   + (" or 'off'" if name == "compilation_cache" else ""))
+    FLAGS[name].value = str(pathlib.Path(value).expanduser().absolute())
+  for field in PATH_FIELDS:
+    value = overrides.get(field)
+    # A checkpoint may also name an installed package or a hub id: only an
+    # existing relative path is made absolute.
+    if value and (field == "run_dir" or pathlib.Path(value).expanduser().exists()):
+      overrides[field] = str(pathlib.Path(value).expanduser().absolute())
+
+
+def _same_experiment(target: str, exp: str) -> None:
+  """--resume with an --exp that differs from the run's: refused."""
+  import json  # pylint: disable=g-import-not-at-top
+  import pathlib  # pylint: disable=g-import-not-at-top
+  from qkvjax import config as config_lib  # pylint: disable=g-import-not-at-top
+  for name in ("sweep.json", "config.json"):
+    path = pathlib.Path(target) / name
+    try:
+      saved = json.loads(path.read_text()).get("experiment")
+    except (OSError, ValueError, AttributeError):
+      continue
+    if saved != exp:
+      raise config_lib.ConfigError(
+          f"--exp={exp!r} differs from the experiment {target} ran ({saved!r}); accepted: "
+          f"--resume=DIR alone, or with --exp={saved}")
+    return
 
 
 def _start_processes() -> None:

@@ -12,7 +12,12 @@ the tree is rebuilt from the program (``restore(..., like=abstract_state)``).
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 import pathlib
+import sys
+import threading
+import time
 from typing import Any, Sequence
 
 import jax
@@ -40,18 +45,126 @@ def _manager(path: pathlib.Path):
 
 
 def directory(run_dir, conditions: Sequence[str]) -> pathlib.Path:
-  return pathlib.Path(run_dir) / "checkpoints" / program_key(conditions)
+  """Absolute (Orbax refuses relative paths), whatever ``run_dir`` is."""
+  return pathlib.Path(run_dir).absolute() / "checkpoints" / program_key(conditions)
+
+
+class SaveError(RuntimeError):
+  """A checkpoint could not be saved: one line, the partial save removed."""
 
 
 def save(run_dir, conditions: Sequence[str], step: int, state: Any) -> None:
-  """Saves ``state`` (host arrays) at ``step``."""
+  """Saves ``state`` (host arrays) at ``step``. On any failure (a full disk)
+  the partial temporary directory is removed and ``SaveError`` says why in
+  one line; the checkpoints saved before stay as they were."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   leaves = jax.tree.leaves(state)
   flat = {f"{i:05d}": np.asarray(x) for i, x in enumerate(leaves)}
-  mngr = _manager(directory(run_dir, conditions))
-  mngr.save(step, args=ocp.args.StandardSave(flat))
-  mngr.wait_until_finished()
-  mngr.close()
+  path = directory(run_dir, conditions)
+  mngr = None
+  quiet_threads = _QuietSave()
+  quiet = _QuietOrbaxThreads()
+  logging.getLogger("absl").addFilter(quiet)
+  try:
+    mngr = _manager(path)
+    mngr.save(step, args=ocp.args.StandardSave(flat))
+    mngr.wait_until_finished()
+  except Exception as e:  # pylint: disable=broad-except
+    time.sleep(0.5)  # let the abandoned writes stop before their directory goes
+    _remove_partial(path)
+    raise SaveError(f"could not save the checkpoint of step {step} in {path} "
+                    f"({_first_line(e)})") from None
+  else:
+    quiet_threads.restore()
+  finally:
+    if mngr is not None:
+      try:
+        mngr.close()
+      except Exception:  # pylint: disable=broad-except
+        pass
+    logging.getLogger("absl").removeFilter(quiet)
+
+
+class _MainThreadOnly:
+  """A text stream that passes on the main thread's writes only."""
+
+  def __init__(self, stream):
+    self.stream = stream
+
+  def write(self, text: str) -> int:
+    if threading.current_thread() is threading.main_thread():
+      return self.stream.write(text)
+    return len(text)
+
+  def __getattr__(self, name):
+    return getattr(self.stream, name)
+
+
+class _QuietSave:
+  """Output of Orbax's and tensorstore's threads during a save: the C-level
+  standard error goes to a temporary file and ``sys.stderr`` passes on the
+  main thread's writes only. A successful save puts both back and passes on
+  what the file caught. After a failed save those threads keep printing
+  tracebacks (their event loop is closed) before and after the failure
+  surfaces, which would bury the one-line error: the redirection stays for
+  the rest of the process, the main thread's lines still reach the user."""
+
+  def __init__(self):
+    import tempfile  # pylint: disable=g-import-not-at-top
+    self.active = False
+    try:
+      sys.stderr.flush()
+      self.log = tempfile.TemporaryFile()
+      self.saved_fd = os.dup(2)
+      self.saved_stderr = sys.stderr
+      self.terminal = os.fdopen(os.dup(self.saved_fd), "w", buffering=1)
+      os.dup2(self.log.fileno(), 2)
+      sys.stderr = _MainThreadOnly(self.terminal)
+      self.active = True
+    except (OSError, ValueError, AttributeError):
+      pass
+
+  def restore(self) -> None:
+    """After a successful save."""
+    if not self.active:
+      return
+    os.dup2(self.saved_fd, 2)
+    os.close(self.saved_fd)
+    sys.stderr = self.saved_stderr
+    self.terminal.close()
+    self.log.seek(0)
+    caught = self.log.read().decode("utf-8", "replace")
+    self.log.close()
+    if caught:
+      sys.stderr.write(caught)
+
+
+class _QuietOrbaxThreads(logging.Filter):
+  """Drops Orbax's worker-thread error logs during a save: a failed save is
+  reported once, by ``SaveError``."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return "raised an exception" not in record.getMessage()
+
+
+
+
+def _first_line(e: BaseException) -> str:
+  """A short reason: Orbax wraps OS errors in several layers of text."""
+  text = str(e).strip() or type(e).__name__
+  for marker in ("No space left on device", "Permission denied", "Read-only file system",
+                 "Disk quota exceeded"):
+    if marker in text:
+      return marker
+  return text.splitlines()[0][:200]
+
+
+def _remove_partial(path: pathlib.Path) -> None:
+  """Orbax's temporary directories of an unfinished save."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  if path.is_dir():
+    for tmp in path.glob("*.orbax-checkpoint-tmp*"):
+      shutil.rmtree(tmp, ignore_errors=True)
 
 
 def steps(run_dir, conditions: Sequence[str]) -> list[int]:

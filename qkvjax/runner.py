@@ -176,14 +176,32 @@ def check_resources(study, programs, built, results_dir) -> None:
 
 
 # ---- run directories ---------------------------------------------------------------
-def set_status(unit_dir: pathlib.Path, status: str) -> None:
+def set_status(unit_dir: pathlib.Path, status: str, error: str | None = None) -> None:
+  """``status`` (and, for a failed run, ``error``: the one-line reason) in config.json."""
   if distributed.is_writer():
     path = unit_dir / "config.json"
-    results.write_json(path, {**results.read_json(path), "status": status})
+    saved = {k: v for k, v in results.read_json(path).items() if k != "error"}
+    results.write_json(path, {**saved, "status": status, **({"error": error} if error else {})})
 
 
 def resume_command(target: pathlib.Path) -> str:
   return f"python -m experiments.run --resume={target}"
+
+
+def _sync_sweep(target: pathlib.Path, units: Sequence[Unit]) -> None:
+  """A sweep's ``sweep.json`` takes each point's status from its config.json."""
+  from qkvjax import sweep  # pylint: disable=g-import-not-at-top
+  if distributed.is_writer() and (target / "sweep.json").is_file():
+    sweep.set_point_status(target, {u.dir.name: results.read_json(
+        u.dir / "config.json").get("status", "running") for u in units})
+
+
+def last_checkpoint_step(unit_dir: pathlib.Path) -> int | None:
+  """The latest step any program of a run directory saved, from the file
+  names alone (cheap enough for a signal handler); None if none."""
+  found = [int(p.name) for p in (unit_dir / "checkpoints").glob("*/*")
+           if p.is_dir() and p.name.isdigit()]
+  return max(found) if found else None
 
 
 def _interrupt_note(units: Sequence[Unit], target: pathlib.Path):
@@ -192,10 +210,37 @@ def _interrupt_note(units: Sequence[Unit], target: pathlib.Path):
       if (u.dir / "config.json").exists() and results.read_json(
           u.dir / "config.json").get("status") != "complete":
         set_status(u.dir, "interrupted")
+    _sync_sweep(target, units)
+    saved = [s for s in (last_checkpoint_step(u.dir) for u in units) if s is not None]
+    kept = (f"and its last checkpoint (step {max(saved)})" if saved else
+            "and no checkpoint yet, so a resume starts from step 0")
     print(f"\ninterrupted ({signal_name}): {target} keeps its config, every logging point "
-          f"written and its last checkpoint; resume with: {resume_command(target)}",
-          file=sys.stderr)
+          f"written {kept}; resume with: {resume_command(target)}", file=sys.stderr)
   return note
+
+
+def _fail(units: Sequence[Unit], target: pathlib.Path, error: BaseException,
+          finishing: bool = False) -> results.RunError:
+  """Marks every unfinished unit (or, ``finishing``, every unit) failed with a
+  one-line reason; an unexpected error's traceback goes to
+  ``target/traceback.txt``."""
+  import traceback  # pylint: disable=g-import-not-at-top
+  if isinstance(error, (results.RunError, checkpoints.SaveError)):
+    reason = str(error)
+  else:
+    text = str(error).strip().splitlines()
+    reason = f"{type(error).__name__}: {text[0][:200] if text else ''}".rstrip(": ")
+    if distributed.is_writer():
+      results.write_atomic(target / "traceback.txt", "".join(
+          traceback.format_exception(type(error), error, error.__traceback__)))
+      reason += f" (traceback in {target / 'traceback.txt'})"
+  for u in units:
+    if (u.dir / "config.json").exists() and (finishing or results.read_json(
+        u.dir / "config.json").get("status") != "complete"):
+      set_status(u.dir, "failed", reason)
+  _sync_sweep(target, units)
+  kept = "" if isinstance(error, results.RunError) else " and keeps every logging point written"
+  return results.RunError(f"{reason}; {target} is marked failed{kept}")
 
 
 # ---- training one program ------------------------------------------------------------
@@ -365,13 +410,13 @@ def execute(study, units: Sequence[Unit], progress: bool = True, resume: bool = 
       got = train_program(study, p, units, built[_task_key(p)], writers, sinks, bar, start)
       for u, s in got.items():
         samples.setdefault(u, {}).update(s)
-  except results.RunError:
-    for u in units:
-      set_status(u.dir, "failed")
-    raise
   except KeyboardInterrupt:  # in-process: the signal watcher is not installed
     note("SIGINT")
     raise
+  except Exception as e:  # pylint: disable=broad-except
+    failed = e
+  else:
+    failed = None
   finally:
     bar.close()
     for w in writers.values():
@@ -380,13 +425,18 @@ def execute(study, units: Sequence[Unit], progress: bool = True, resume: bool = 
       for sink in s:
         sink.close()
     remove()
+  if failed is not None:
+    raise _fail(units, target, failed)
   if not distributed.is_writer():
     return
   for i, u in enumerate(units):
     if samples.get(i):
       results.write_json(u.dir / "samples.json", samples[i])
     set_status(u.dir, "complete")
-    study_lib.finish(study, u.dir)
+    try:
+      study_lib.finish(study, u.dir)
+    except Exception as e:  # pylint: disable=broad-except
+      raise _fail([u], u.dir, e, finishing=True) from None
 
 
 # ---- trained parameters, for analysis after a run ---------------------------------------

@@ -183,7 +183,8 @@ def run(study: Study, config, results_dir, progress: bool = True,
     run_dir = results.new_run_dir(results_dir, study.name)
     results.write_json(run_dir / "config.json", {
         "experiment": study.name, "config": config.to_dict(), "status": "running",
-        "conditions": study.conditions(config), **results.provenance(train.run_mesh())})
+        "run_dir": str(run_dir), "conditions": study.conditions(config),
+        **results.provenance(train.run_mesh())})
   run_dir = pathlib.Path(distributed.broadcast_text(str(run_dir)))
   runner.execute(study, [runner.Unit(run_dir, config, {})], progress,
                  tensorboard=tensorboard, programs=progs, built=built)
@@ -214,7 +215,8 @@ def run_sweep(study: Study, config, grid, results_dir, progress: bool = True,
       (sweep_dir / name).mkdir()
       results.write_json(sweep_dir / name / "config.json", {
           "experiment": study.name, "config": cfg.to_dict(), "status": "running",
-          "conditions": study.conditions(cfg), "sweep": {"dir": "..", "point": point},
+          "run_dir": str(sweep_dir / name), "conditions": study.conditions(cfg),
+          "sweep": {"dir": "..", "point": point},
           **results.provenance(train.run_mesh())})
   if distributed.is_writer():
     sweep.write_manifest(sweep_dir, study.name, config, grid, manifest)
