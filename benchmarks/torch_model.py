@@ -108,3 +108,87 @@ class Looped:
   def step(self, tokens_SxBxT, target_SxB):
     for i, m in enumerate(self.models):
       m.step(tokens_SxBxT[i:i + 1], target_SxB[i:i + 1])
+
+
+# ---- the expert's version ----------------------------------------------------------------
+# What a PyTorch expert writes for many seeds on a CPU: the seed axis is the
+# batch axis of torch.bmm/baddbmm over activations laid out [S, B*T, M]; Q, K
+# and V come from one fused [S, M, 3*H*D] projection; heads are split with
+# view/transpose into [S*B, H, T, D] for scaled_dot_product_attention (its
+# fused CPU kernel, causal); AdamW is the fused single-kernel implementation.
+# The weights are the same as the JAX model's (W_Q, W_K, W_V concatenated).
+
+
+def expert_params(p: dict[str, torch.Tensor], n_layers: int) -> dict[str, torch.Tensor]:
+  """The stacked parameters in the expert's layout: [S, M, 3HD] fused QKV,
+  [S, HD, M] output, biases as [S, 1, F] rows for baddbmm."""
+  d = lambda x: x.detach().clone()
+  out = {"embed": d(p["embed"]), "pos": d(p["pos"]), "lnf_s": d(p["lnf_s"]),
+         "lnf_b": d(p["lnf_b"]), "unembed": d(p["unembed"])}
+  for l in range(n_layers):
+    s, m, h, dh = p[f"{l}.q"].shape
+    out[f"{l}.qkv"] = torch.cat([d(p[f"{l}.{n}"]).reshape(s, m, h * dh) for n in "qkv"], -1)
+    out[f"{l}.o"] = d(p[f"{l}.o"]).reshape(s, h * dh, m)
+    for n in ("ln1_s", "ln1_b", "ln2_s", "ln2_b", "w1", "w2"):
+      out[f"{l}.{n}"] = d(p[f"{l}.{n}"])
+    out[f"{l}.b1"] = d(p[f"{l}.b1"])[:, None, :]
+    out[f"{l}.b2"] = d(p[f"{l}.b2"])[:, None, :]
+  return {k: v.contiguous().requires_grad_(True) for k, v in out.items()}
+
+
+def _ln_rows(x_SxNxM, s, b):
+  return F.layer_norm(x_SxNxM, x_SxNxM.shape[-1:], eps=1e-5) * s[:, None] + b[:, None]
+
+
+def expert_forward(p, tokens_SxBxT, n_layers: int, n_heads: int):
+  """Last-position logits [S, B, V]."""
+  s, b, t = tokens_SxBxT.shape
+  m = p["embed"].shape[-1]
+  idx = torch.arange(s)[:, None, None]
+  x = (p["embed"][idx, tokens_SxBxT] + p["pos"][:, None, :t]).reshape(s, b * t, m)
+  for l in range(n_layers):
+    h = _ln_rows(x, p[f"{l}.ln1_s"], p[f"{l}.ln1_b"])
+    qkv = torch.bmm(h, p[f"{l}.qkv"])                                  # [S, BT, 3HD]
+    hd = qkv.shape[-1] // 3
+    q, k, v = (z.reshape(s * b, t, n_heads, hd // n_heads).transpose(1, 2)
+               for z in qkv.split(hd, -1))                              # [SB, H, T, D]
+    a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    a = a.transpose(1, 2).reshape(s, b * t, hd)
+    x = torch.baddbmm(x, a, p[f"{l}.o"])
+    h = _ln_rows(x, p[f"{l}.ln2_s"], p[f"{l}.ln2_b"])
+    h = F.gelu(torch.baddbmm(p[f"{l}.b1"], h, p[f"{l}.w1"]), approximate="tanh")
+    x = torch.baddbmm(x + p[f"{l}.b2"], h, p[f"{l}.w2"])
+  last = x.reshape(s, b, t, m)[:, :, -1]
+  return torch.bmm(_ln_rows(last, p["lnf_s"], p["lnf_b"]), p["unembed"])
+
+
+class Expert:
+  """The expert's step: ``mode`` is "eager", "compile" (torch.compile's
+  default) or "max-autotune" (``mode="max-autotune-no-cudagraphs"``), each
+  compiling the whole step, optimizer included."""
+
+  def __init__(self, params, n_layers, n_heads, lr=1e-3, mode="eager"):
+    self.params, self.n_layers, self.n_heads = expert_params(params, n_layers), n_layers, n_heads
+    self.opt = torch.optim.AdamW(list(self.params.values()), lr=lr, betas=(0.9, 0.999),
+                                 eps=1e-8, weight_decay=0.0, fused=True)
+    if mode == "eager":
+      self.step_fn = self._step
+    else:
+      self.step_fn = torch.compile(self._step, **(
+          {"mode": "max-autotune-no-cudagraphs"} if mode == "max-autotune" else {}))
+
+  def loss(self, tokens_SxBxT, target_SxB):
+    logits = expert_forward(self.params, tokens_SxBxT, self.n_layers, self.n_heads)
+    s, b, v = logits.shape
+    return F.cross_entropy(logits.reshape(s * b, v), target_SxB.reshape(-1),
+                           reduction="sum") / b
+
+  def _step(self, tokens, target):
+    self.opt.zero_grad(set_to_none=True)
+    loss = self.loss(tokens, target)
+    loss.backward()
+    self.opt.step()
+    return loss
+
+  def step(self, tokens_SxBxT, target_SxB):
+    return self.step_fn(tokens_SxBxT, target_SxB)
