@@ -5,8 +5,12 @@ slice of the run axis that belongs to it (its conditions x seeds), as host
 arrays, under ``checkpoints/<program key>/<step>/``. Orbax writes a
 checkpoint into a temporary directory and renames it when complete, so a
 killed save never leaves a checkpoint that loads wrong; the manager keeps the
-last ``KEEP``. The leaves are stored flat, in the order of the state's tree;
-the tree is rebuilt from the program (``restore(..., like=abstract_state)``).
+last ``KEEP``. The state is stored as a nested dict keyed by its own paths
+(``params/layers/0/attn/query``, ``opt_state/inner_state/0/mu/...``,
+``step``...; leaves ``[runs, ...]``), so Orbax alone opens a checkpoint with
+the parameters' names; ``restore(..., like=abstract_state)`` reads it back
+into the program's tree by those paths. Checkpoints of the earlier layout
+(leaves stored flat, ``00000``...) still load, by position.
 """
 
 from __future__ import annotations
@@ -58,8 +62,7 @@ def save(run_dir, conditions: Sequence[str], step: int, state: Any) -> None:
   the partial temporary directory is removed and ``SaveError`` says why in
   one line; the checkpoints saved before stay as they were."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  leaves = jax.tree.leaves(state)
-  flat = {f"{i:05d}": np.asarray(x) for i, x in enumerate(leaves)}
+  named = as_named_dict(state)
   path = directory(run_dir, conditions)
   mngr = None
   quiet_threads = _QuietSave()
@@ -67,7 +70,7 @@ def save(run_dir, conditions: Sequence[str], step: int, state: Any) -> None:
   logging.getLogger("absl").addFilter(quiet)
   try:
     mngr = _manager(path)
-    mngr.save(step, args=ocp.args.StandardSave(flat))
+    mngr.save(step, args=ocp.args.StandardSave(named))
     mngr.wait_until_finished()
   except Exception as e:  # pylint: disable=broad-except
     time.sleep(0.5)  # let the abandoned writes stop before their directory goes
@@ -178,17 +181,60 @@ def steps(run_dir, conditions: Sequence[str]) -> list[int]:
   return out
 
 
+def _path_names(path) -> list[str]:
+  """A tree path as names: attributes, dict keys and indices; an NNX
+  Variable's own ``value`` attribute is left out."""
+  names = []
+  for k in path:
+    name = getattr(k, "name", getattr(k, "key", getattr(k, "idx", None)))
+    names.append(str(name))
+  if len(names) > 1 and names[-1] == "value":
+    names.pop()
+  return names
+
+
+def as_named_dict(state: Any) -> dict[str, Any]:
+  """``state``'s leaves (as host arrays) in a nested dict keyed by their paths."""
+  out: dict[str, Any] = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+    *parents, last = _path_names(path)
+    node = out
+    for name in parents:
+      node = node.setdefault(name, {})
+    if last in node:
+      raise ValueError(f"two leaves of the state share the path {'/'.join(parents + [last])}")
+    node[last] = np.asarray(leaf)
+  return out
+
+
+def _legacy(saved: dict) -> bool:
+  """The earlier layout: leaves stored flat under 00000, 00001..."""
+  return bool(saved) and all(len(k) == 5 and k.isdigit() for k in saved)
+
+
 def restore(run_dir, conditions: Sequence[str], step: int, like: Any) -> Any:
   """The state saved at ``step``, shaped like ``like`` (a pytree of arrays or
   ShapeDtypeStructs with the same leading run-axis slice)."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   mngr = _manager(directory(run_dir, conditions))
-  flat = mngr.restore(step, args=ocp.args.StandardRestore())
+  saved = mngr.restore(step, args=ocp.args.StandardRestore())
   mngr.close()
-  leaves, treedef = jax.tree.flatten(like)
-  got = [np.asarray(flat[f"{i:05d}"]) for i in range(len(leaves))]
-  for want, have in zip(leaves, got):
-    if tuple(want.shape) != have.shape:
+  with_paths, treedef = jax.tree_util.tree_flatten_with_path(like)
+  if _legacy(saved):
+    got = [np.asarray(saved[f"{i:05d}"]) if f"{i:05d}" in saved else None
+           for i in range(len(with_paths))]
+  else:
+    got = []
+    for path, _ in with_paths:
+      node = saved
+      for name in _path_names(path):
+        node = node.get(name) if isinstance(node, dict) else None
+      got.append(None if node is None else np.asarray(node))
+  for (path, want), have in zip(with_paths, got):
+    where = "/".join(_path_names(path))
+    if have is None or tuple(want.shape) != have.shape:
       raise ValueError(f"checkpoint at step {step} in {run_dir} does not match the "
-                       f"program: a leaf of shape {have.shape}, expected {want.shape}")
+                       f"program: {where} is " + ("missing" if have is None else
+                                                 f"of shape {have.shape}, expected "
+                                                 f"{tuple(want.shape)}"))
   return jax.tree.unflatten(treedef, got)

@@ -145,3 +145,37 @@ def test_trained_parameters_load_back(tmp_path):
                                         ["selection"]["vocab"])
   with pytest.raises(config_lib.ConfigError, match="no checkpoint at step 3"):
     qkvjax.load_run_params(run_dir, step=3)
+  _checkpoint_opens_with_orbax_alone_and_the_old_layout_loads(run_dir, w_q)
+
+
+def _checkpoint_opens_with_orbax_alone_and_the_old_layout_loads(run_dir, w_q):
+  """Saved by parameter path: Orbax alone reads ``params/layers/0/attn/query``.
+  A checkpoint of the earlier layout (leaves flat by position) still loads."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  (program_dir,) = (run_dir / "checkpoints").iterdir()
+  got = ocp.StandardCheckpointer().restore(program_dir / "4" / "default")
+  np.testing.assert_array_equal(got["params"]["layers"]["0"]["attn"]["query"], w_q)
+  # (model_rest, the model's non-parameter state, has no leaf in this model)
+  assert set(got) == {"params", "opt_state", "init_params", "step", "data_key", "diverged",
+                      "diverged_step"}
+  np.testing.assert_array_equal(got["step"], [4, 4])
+  # The same state in the earlier layout, saved at another step, restores equal.
+  mngr = checkpoints._manager(program_dir)  # pylint: disable=protected-access
+  leaves_in_order = checkpoints.restore(run_dir, ["default"], 4, like=_abstract(run_dir))
+  legacy = {f"{i:05d}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(leaves_in_order))}
+  mngr.save(6, args=ocp.args.StandardSave(legacy))
+  mngr.wait_until_finished()
+  mngr.close()
+  old = checkpoints.restore(run_dir, ["default"], 6, like=_abstract(run_dir))
+  jax.tree.map(np.testing.assert_array_equal, old, leaves_in_order)
+
+
+def _abstract(run_dir):
+  """The abstract train state of a tiny specialization run's one program."""
+  from qkvjax import tasks, train  # pylint: disable=g-import-not-at-top
+  saved = results.read_json(run_dir / "config.json")
+  cfg = config_lib.from_saved("specialization", saved["config"])
+  trainer = train.Trainer(cfg, tasks.make("selection", cfg), [{}], (),
+                          specialization.STUDY.model_fn)
+  return jax.eval_shape(trainer.init, jax.ShapeDtypeStruct((trainer.padded_runs, 2), np.uint32),
+                        {})
