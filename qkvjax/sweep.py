@@ -70,9 +70,9 @@ def point_name(i: int, point: dict[str, Any]) -> str:
 
 
 def write_manifest(sweep_dir: pathlib.Path, exp: str, config, grid: Grid,
-                   units: list[dict[str, Any]]) -> None:
+                   units: list[dict[str, Any]], variant: str | None = None) -> None:
   results.write_json(sweep_dir / "sweep.json", {
-      "experiment": exp, "config": config.to_dict(),
+      "experiment": exp, "variant": variant, "config": config.to_dict(),
       "grid": {k: list(v) for k, v in grid.items()}, "points": units})
 
 
@@ -101,15 +101,33 @@ def collect(sweep_dir: pathlib.Path) -> dict[str, Any]:
           "points": manifest["points"], "claims": entries}
 
 
+def _axis_values(values: list) -> tuple[list, str]:
+  """Where a swept field's values go on the x axis, and the axis scale: the
+  numbers themselves (log scale when they are positive and span a factor of
+  10 or more, as learning rates do), or their order for anything else."""
+  numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+  if not numeric:
+    return list(range(len(values))), "categories"
+  positive = min(values) > 0
+  if positive and max(values) / min(values) >= 10:
+    return list(values), "log"
+  return list(values), "linear"
+
+
 def effect_figure(summary: dict[str, Any]):
-  """Per claim (rows) and swept field (columns): effect mean with its 95% CI
-  against the field's values, one line per combination of the other fields."""
+  """Per claim (rows, titled with the claim) and swept field (columns):
+  effect mean with its 95% CI against the field's values, one line per
+  combination of the other fields."""
+  import textwrap  # pylint: disable=g-import-not-at-top
   grid = summary["grid"]
   fields = list(grid)
   names = list(dict.fromkeys(c["claim"] for c in summary["claims"]))
+  width = max(4.2, 3.8 * len(fields))
   fig, axes = plotting.plt.subplots(len(names), len(fields), squeeze=False,
-                                    figsize=(3.6 * len(fields), 1.9 * len(names) + 0.6))
+                                    figsize=(width, 2.3 * len(names) + 1.0),
+                                    layout="constrained")
   n_max = 0
+  chars = int(width * 13 / len(fields))  # a title line's characters at 8 pt
   for row, name in enumerate(names):
     entries = [c for c in summary["claims"] if c["claim"] == name]
     for col, f in enumerate(fields):
@@ -118,9 +136,11 @@ def effect_figure(summary: dict[str, Any]):
       lines: dict[tuple, list] = {}
       for c in entries:
         lines.setdefault(tuple(c["values"][g] for g in others), []).append(c)
-      for i, (key, cs) in enumerate(sorted(lines.items(), key=lambda kv: str(kv[0]))):
-        cs = sorted(cs, key=lambda c: c["values"][f])
-        x = np.arange(len(cs)) + 0.06 * i
+      xs_all, scale = _axis_values(list(grid[f]))
+      where = dict(zip(grid[f], xs_all))
+      for key, cs in sorted(lines.items(), key=lambda kv: str(kv[0])):
+        cs = sorted(cs, key=lambda c: list(grid[f]).index(c["values"][f]))
+        x = np.array([where[c["values"][f]] for c in cs], float)
         mean = np.array([np.nan if c["effect"]["mean"] is None else c["effect"]["mean"]
                          for c in cs])
         lo = np.array([c["effect"]["ci95"][0] if c["effect"]["ci95"] else np.nan for c in cs])
@@ -128,19 +148,22 @@ def effect_figure(summary: dict[str, Any]):
         label = ", ".join(f"{g.rsplit('.', 1)[-1]}={v}" for g, v in zip(others, key)) or None
         ax.errorbar(x, mean, yerr=[mean - lo, hi - mean], fmt="o-", ms=3, capsize=2,
                     label=label)
-        ax.set_xticks(np.arange(len(cs)), [f"{c['values'][f]}" for c in cs], fontsize=7)
         n_max = max([n_max] + [c["effect"]["n"] for c in cs])
+      if scale == "log":
+        ax.set_xscale("log")
+      ax.set_xticks(xs_all, [f"{v:g}" if isinstance(v, float) else str(v) for v in grid[f]],
+                    fontsize=7)
+      ax.minorticks_off()
       ax.axhline(0, color="0.5", ls=":", lw=1)
-      if row == len(names) - 1:
-        ax.set_xlabel(f)
+      ax.tick_params(axis="y", labelsize=7)
+      ax.set_xlabel(f, fontsize=8)
       if col == 0:
-        ax.set_ylabel(name[:40] + ("…" if len(name) > 40 else ""), fontsize=7)
+        ax.set_ylabel("effect", fontsize=8)
+      ax.set_title("\n".join(textwrap.wrap(name, chars)), fontsize=8, loc="left")
       if row == 0 and len(lines) > 1:
         ax.legend(frameon=False, fontsize=6)
-  fig.suptitle("Each claim's effect (mean, 95% CI) against the swept values", y=1.0)
-  fig.tight_layout()
-  fig.text(0.99, 0.0, f"error bars: 95% CI over up to {n_max} seeds per point",
-           ha="right", va="top", fontsize=7, color="0.4")
+  fig.suptitle("Each claim's effect (mean, 95% CI) against the swept values\n"
+               f"error bars: 95% CI over up to {n_max} seeds per point", fontsize=9)
   return fig
 
 

@@ -179,3 +179,38 @@ def _abstract(run_dir):
                           specialization.STUDY.model_fn)
   return jax.eval_shape(trainer.init, jax.ShapeDtypeStruct((trainer.padded_runs, 2), np.uint32),
                         {})
+
+
+def test_the_sweep_figure_lays_itself_out_for_a_reader():
+  """Claim names whole as row titles, a log axis for log-spaced values, and
+  no two pieces of text overlapping (matplotlib's own text boxes)."""
+  grid = {"optim.learning_rate": [3e-4, 1e-3, 3e-3], "model.n_heads": [2, 4]}
+  long = ["W_Q, W_K, W_V differentiate during training, measured in every layer",
+          "Q seeks the feature K advertises (verb's query finds the selected noun)",
+          "V stays closest to the token's embedding (layer 1)"]
+  claims = [{"claim": name, "values": {"optim.learning_rate": lr, "model.n_heads": h},
+             "effect": {"mean": 0.1 * i, "ci95": [0.0, 0.2 * i + 0.01], "n": 8}}
+            for i, name in enumerate(long) for lr in grid["optim.learning_rate"]
+            for h in grid["model.n_heads"]]
+  fig = sweep.effect_figure({"grid": grid, "claims": claims})
+  fig.canvas.draw()
+  renderer = fig.canvas.get_renderer()
+  axes = fig.axes
+  assert [ax.get_xscale() for ax in axes[:2]] == ["log", "linear"]
+  titles = [ax.get_title(loc="left").replace("\n", " ") for ax in axes[::2]]
+  assert titles == long
+  from matplotlib.text import Text  # pylint: disable=g-import-not-at-top
+  texts = list({id(t): t for t in fig.findobj(Text) if t.get_visible()
+                and t.get_text().strip()}.values())
+  boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in texts]
+  boxes = [(s, b) for s, b in boxes if b.width > 0 and b.height > 0]
+  assert len(boxes) > 20
+  for i, (a, box_a) in enumerate(boxes):
+    for b, box_b in boxes[i + 1:]:
+      assert not box_a.overlaps(box_b), f"{a!r} overlaps {b!r}"
+  plotting_close(fig)
+
+
+def plotting_close(fig):
+  from qkvjax import plotting  # pylint: disable=g-import-not-at-top
+  plotting.plt.close(fig)
