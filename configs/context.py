@@ -9,7 +9,10 @@ import ml_collections
 from qkvjax.config import model_config, optim_config
 
 
-def get_config() -> ml_collections.ConfigDict:
+VARIANTS = ("tiny",)  # get_config(arg) / --config=ARG
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0            # base seed; seed i of the run uses fold_in(seed, i)
   c.num_seeds = 8       # trained together, vmapped, in one compiled program
@@ -34,4 +37,13 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.model = model_config(n_layers=3)  # layer 1 against later layers: needs >= 2
   c.optim = optim_config()            # AdamW, lr 1e-3
+
+  if arg == "tiny":  # seconds on a CPU: tests and a first look (--config=tiny)
+    c.num_seeds, c.steps, c.log_every, c.batch_size, c.checkpoint_every = 2, 4, 2, 8, 1
+    c.task.n_ambiguous, c.task.n_cues, c.task.n_neutral = 2, 3, 3
+    c.task.seq_len, c.task.min_pos = 5, 3
+    c.probe.replicates = 4
+    c.model.update(d_model=16, n_heads=2, d_head=8, d_mlp=16, n_layers=2)
+  elif arg is not None:
+    raise ValueError(f"get_config({arg!r}): accepted: None, {', '.join(VARIANTS)}")
   return c

@@ -13,7 +13,10 @@ import ml_collections
 from qkvjax.config import model_config, optim_config
 
 
-def get_config() -> ml_collections.ConfigDict:
+VARIANTS = ("tiny",)  # get_config(arg) / --config=ARG
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0            # base seed; seed i of the run uses fold_in(seed, i)
   c.num_seeds = 16      # trained together, vmapped, in one program per head count
@@ -43,4 +46,13 @@ def get_config() -> ml_collections.ConfigDict:
   # at 1); d_head is used only with head_budget="per_head".
   c.model = model_config(d_model=32, n_heads=1, d_head=8, n_layers=1, d_mlp=64)
   c.optim = optim_config(learning_rate=3e-3)
+
+  if arg == "tiny":  # seconds on a CPU: tests and a first look (--config=tiny)
+    c.num_seeds, c.steps, c.log_every, c.batch_size, c.checkpoint_every = 2, 4, 2, 8, 1
+    c.eval_batch_size = 16
+    c.task.n_categories, c.task.nouns_per_category, c.task.n_details = 3, 3, 3
+    c.task.n_slots, c.task.n_adverbs, c.task.n_manners = 3, 3, 2
+    c.model.update(d_model=16, d_mlp=16)
+  elif arg is not None:
+    raise ValueError(f"get_config({arg!r}): accepted: None, {', '.join(VARIANTS)}")
   return c

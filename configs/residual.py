@@ -13,7 +13,10 @@ import ml_collections
 from qkvjax.config import model_config, optim_config
 
 
-def get_config() -> ml_collections.ConfigDict:
+VARIANTS = ("tiny",)  # get_config(arg) / --config=ARG
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0            # base seed; seed i uses fold_in(seed, i), shared by all conditions
   c.num_seeds = 32      # measured together, vmapped
@@ -35,4 +38,12 @@ def get_config() -> ml_collections.ConfigDict:
   # (Dong et al. 2021, Noci et al. 2022).
   c.model = model_config(mlp=False, causal=False)
   c.optim = optim_config()  # unused at initialization; the Trainer is built as for any run
+
+  if arg == "tiny":  # seconds on a CPU: tests and a first look (--config=tiny)
+    c.num_seeds, c.batch_size, c.depths = 2, 4, (1, 2)
+    c.task.n_categories, c.task.nouns_per_category = 4, 2
+    c.task.n_details, c.task.n_slots = 3, 3
+    c.model.update(d_model=16, n_heads=2, d_head=8)
+  elif arg is not None:
+    raise ValueError(f"get_config({arg!r}): accepted: None, {', '.join(VARIANTS)}")
   return c

@@ -13,7 +13,10 @@ import ml_collections
 from qkvjax.config import model_config, optim_config
 
 
-def get_config() -> ml_collections.ConfigDict:
+VARIANTS = ("tiny",)  # get_config(arg) / --config=ARG
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0             # base seed; seed i uses fold_in(seed, i) in every condition
   c.num_seeds = 4        # training seeds per learning rate
@@ -39,4 +42,14 @@ def get_config() -> ml_collections.ConfigDict:
   # AdamW, no clipping (it would hide the instability measured); the learning
   # rate is set per condition from learning_rates.
   c.optim = optim_config()
+
+  if arg == "tiny":  # seconds on a CPU: tests and a first look (--config=tiny)
+    c.num_seeds, c.init_seeds, c.steps, c.log_every, c.batch_size = 2, 5, 2, 1, 4
+    c.checkpoint_every = 1
+    c.d_heads, c.learning_rates = (4, 8), (0.01, 0.1)
+    c.task.n_categories, c.task.nouns_per_category = 3, 2
+    c.task.n_details, c.task.n_slots = 3, 2
+    c.model.update(d_model=8, n_layers=1)
+  elif arg is not None:
+    raise ValueError(f"get_config({arg!r}): accepted: None, {', '.join(VARIANTS)}")
   return c

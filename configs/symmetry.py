@@ -10,7 +10,10 @@ import ml_collections
 from qkvjax.config import model_config, optim_config
 
 
-def get_config() -> ml_collections.ConfigDict:
+VARIANTS = ("tiny",)  # get_config(arg) / --config=ARG
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.num_seeds = 8       # per objective, vmapped; seed i starts from the same weights in both
@@ -28,4 +31,11 @@ def get_config() -> ml_collections.ConfigDict:
   # AdamW with the weight decay of Saponati et al.'s trained encoders (0.01);
   # a learning rate that lets the masked objective learn within the budget.
   c.optim = optim_config(learning_rate=3e-3, weight_decay=0.01, warmup_steps=100)
+
+  if arg == "tiny":  # seconds on a CPU: tests and a first look (--config=tiny)
+    c.num_seeds, c.steps, c.log_every, c.batch_size, c.checkpoint_every = 2, 4, 2, 4, 1
+    c.task.vocab_size, c.task.seq_len = 64, 8
+    c.model.update(d_model=16, n_heads=2, d_head=8, d_mlp=16)
+  elif arg is not None:
+    raise ValueError(f"get_config({arg!r}): accepted: None, {', '.join(VARIANTS)}")
   return c

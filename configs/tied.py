@@ -12,7 +12,10 @@ import ml_collections
 from qkvjax.config import model_config, optim_config
 
 
-def get_config() -> ml_collections.ConfigDict:
+VARIANTS = ("tiny",)  # get_config(arg) / --config=ARG
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0            # base seed; seed i of the run uses fold_in(seed, i)
   c.num_seeds = 8       # trained together, vmapped, in one program per condition
@@ -45,4 +48,13 @@ def get_config() -> ml_collections.ConfigDict:
   # visible. n_heads * d_head == d_model, as no_value needs.
   c.model = model_config(d_model=32, n_heads=2, d_head=16, n_layers=1, d_mlp=64)
   c.optim = optim_config(learning_rate=3e-3)
+
+  if arg == "tiny":  # seconds on a CPU: tests and a first look (--config=tiny)
+    c.num_seeds, c.steps, c.log_every, c.batch_size, c.checkpoint_every = 2, 4, 2, 8, 1
+    c.eval_batch_size = 16
+    c.task.n_categories, c.task.nouns_per_category = 3, 3
+    c.task.n_details, c.task.n_slots = 3, 3
+    c.model.update(d_model=16, n_heads=2, d_head=8, d_mlp=16)
+  elif arg is not None:
+    raise ValueError(f"get_config({arg!r}): accepted: None, {', '.join(VARIANTS)}")
   return c

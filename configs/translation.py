@@ -10,7 +10,10 @@ import ml_collections
 from qkvjax.config import optim_config
 
 
-def get_config() -> ml_collections.ConfigDict:
+VARIANTS = ("tiny",)  # get_config(arg) / --config=ARG
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0            # base seed; seed i of the run uses fold_in(seed, i)
   c.num_seeds = 6       # trained together, vmapped, in one compiled program
@@ -43,4 +46,12 @@ def get_config() -> ml_collections.ConfigDict:
   # Spearman rho (decoder position vs argmax letter) above which the learned
   # cross-attention counts as near-monotonic.
   c.claims.monotonic_threshold = 0.7
+
+  if arg == "tiny":  # seconds on a CPU: tests and a first look (--config=tiny)
+    c.num_seeds, c.steps, c.log_every, c.batch_size, c.checkpoint_every = 2, 4, 2, 8, 1
+    c.data.n_train, c.data.n_heldout, c.data.n_samples = 40, 16, 2
+    c.model.update(d_model=16, n_heads=2, d_head=8, enc_layers=1, dec_layers=1, d_mlp=32)
+    c.optim.warmup_steps = 0
+  elif arg is not None:
+    raise ValueError(f"get_config({arg!r}): accepted: None, {', '.join(VARIANTS)}")
   return c

@@ -3,6 +3,9 @@
 Thin by design: parse flags, load and check the config, call the library.
 
     --exp=NAME                 the experiment (a module of configs/)
+    --config=tiny              a variant of the experiment's config (its
+                               get_config("tiny")): the same experiment shrunk
+                               to seconds, every condition, claim and figure kept
     --config.FIELD=VALUE       override a config field (typed; lists comma-separated)
     --sweep.FIELD=V1,V2,...    sweep a field (repeatable: the grid is the product)
     --sweep                    sweep the config's own grid (its get_sweep())
@@ -34,6 +37,8 @@ from absl import flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("exp", "specialization", "Experiment: the name of a module in configs/.")
+flags.DEFINE_string("config", None, "A variant of the experiment's config, its "
+                    "get_config(ARG): tiny (the experiment shrunk to seconds).")
 flags.DEFINE_string("results_dir", "results", "Where run directories are created.")
 flags.DEFINE_bool("progress", True, "Show a progress bar while training.")
 flags.DEFINE_string("resume", None, "A run or sweep directory to continue.")
@@ -49,7 +54,7 @@ flags.DEFINE_string("figure_formats", "png,pdf", "Comma-separated figure formats
 flags.DEFINE_integer("cpu_devices", None, "CPU devices (default: one per physical core, or "
                      "$QKVJAX_CPU_DEVICES; $JAX_NUM_CPU_DEVICES wins).")
 
-ACCEPTED = ("accepted: --exp=NAME, --config.FIELD=VALUE, --sweep.FIELD=V1,V2, --sweep, "
+ACCEPTED = ("accepted: --exp=NAME, --config=tiny, --config.FIELD=VALUE, --sweep.FIELD=V1,V2, --sweep, "
             "--resume=DIR, --results_dir=DIR, --tensorboard, --[no]progress, "
             "--figure_formats=png,pdf")
 
@@ -58,8 +63,9 @@ def entry(exp: str):
   """``(check, run, study)`` of ``--exp=exp``: its ``qkvjax.studies.<exp>.STUDY``
   run by the study framework, or the module's own ``check`` and ``run``."""
   from qkvjax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from qkvjax import registry  # pylint: disable=g-import-not-at-top
   from qkvjax import study as study_lib  # pylint: disable=g-import-not-at-top
-  names = config_lib.available_experiments()
+  names = registry.available_experiments()
   if exp not in names:
     raise config_lib.ConfigError(
         f"unknown experiment {exp!r}; accepted: {', '.join(names)}")
@@ -92,12 +98,13 @@ def _grid(exp, config, sweeps, study):
 
 def main(argv: list[str]) -> int:
   from qkvjax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from qkvjax import registry  # pylint: disable=g-import-not-at-top
   from qkvjax import results  # pylint: disable=g-import-not-at-top
   try:
     rest, overrides = config_lib.split_override_args(argv)
     rest, sweeps = config_lib.split_override_args(rest, "--sweep.")
     if any(a in ("--help", "-h", "--helpfull") for a in rest[1:]):
-      print(f"{__doc__}\nexperiments: {', '.join(config_lib.available_experiments())}")
+      print(f"{__doc__}\nexperiments: {', '.join(registry.available_experiments())}")
       return 0
     try:
       FLAGS.unparse_flags()  # main() may be called more than once (tests)
@@ -121,6 +128,10 @@ def main(argv: list[str]) -> int:
     if FLAGS.resume:
       if FLAGS["exp"].present:
         _same_experiment(FLAGS.resume, FLAGS.exp)
+      if FLAGS.config is not None:
+        raise config_lib.ConfigError(f"--config={FLAGS.config!r}: --resume takes the "
+                                     "variant its run was started with; accepted: "
+                                     "--resume=DIR without --config=")
       if sweeps or FLAGS.sweep:
         raise config_lib.ConfigError("--resume takes its grid from the sweep directory; "
                                      "accepted: --resume=DIR without --sweep flags")
@@ -133,8 +144,8 @@ def main(argv: list[str]) -> int:
         return 0
       return _report(done)
     check, run, study = entry(FLAGS.exp)
-    config = config_lib.apply_overrides(config_lib.load_config(FLAGS.exp), overrides,
-                                        FLAGS.exp)
+    config = config_lib.apply_overrides(registry.load_config(FLAGS.exp, FLAGS.config),
+                                        overrides, FLAGS.exp)
     grid = _grid(FLAGS.exp, config, sweeps, study)
     if FLAGS.tensorboard:
       from qkvjax import loggers  # pylint: disable=g-import-not-at-top
@@ -151,10 +162,10 @@ def main(argv: list[str]) -> int:
   try:
     if grid is not None:
       out = study_lib.run_sweep(study, config, grid, FLAGS.results_dir, FLAGS.progress,
-                                FLAGS.tensorboard)
+                                FLAGS.tensorboard, variant=FLAGS.config)
     elif study is not None:
       out = run(config, FLAGS.results_dir, progress=FLAGS.progress,
-                tensorboard=FLAGS.tensorboard)
+                tensorboard=FLAGS.tensorboard, variant=FLAGS.config)
     else:
       out = run(config, FLAGS.results_dir, progress=FLAGS.progress)
   except config_lib.ConfigError as e:  # found only once the run is planned

@@ -8,6 +8,6 @@ give a finished (or checkpointed) run's trained Flax parameters and models.
 def __getattr__(name):
   # Lazy, so ``import qkvjax.interrupts`` does not start JAX.
   if name in ("load_run_params", "load_run_model"):
-    from qkvjax import runner  # pylint: disable=g-import-not-at-top
-    return getattr(runner, name)
+    from qkvjax import study  # pylint: disable=g-import-not-at-top
+    return getattr(study, name)
   raise AttributeError(name)

@@ -1,7 +1,8 @@
 """Experiment configs: loading, typed command-line overrides, checks.
 
 An experiment ``NAME`` is the module ``configs/NAME.py`` (installed with the
-package) whose ``get_config()`` returns an ``ml_collections.ConfigDict``.
+package) whose ``get_config()`` returns an ``ml_collections.ConfigDict``;
+``qkvjax.registry`` loads it by name.
 Overrides are ``FIELD=VALUE`` with dotted paths for nested fields; the value
 is parsed as the field's type, and a tuple field takes comma-separated items
 of its items' type (``--config.d_heads=8,32``).
@@ -9,30 +10,27 @@ of its items' type (``--config.d_heads=8,32``).
 
 from __future__ import annotations
 
-import importlib
 import math
-import pkgutil
 from typing import Any, Iterable
 
 import ml_collections
 
 
-class ConfigError(ValueError):
-  """Bad user input: the message is one line naming the value and what is accepted."""
+from qkvjax.errors import ConfigError  # pylint: disable=g-bad-import-order
 
 
-# ---- experiments -----------------------------------------------------------------
-def available_experiments() -> list[str]:
-  import configs  # pylint: disable=g-import-not-at-top
-  return sorted(m.name for m in pkgutil.iter_modules(configs.__path__)
-                if not m.name.startswith("_"))
+# ---- experiments by name: qkvjax.registry (the framework), not here ---------------
+_MOVED = ("available_experiments", "variants", "load_config", "from_saved")
 
 
-def load_config(exp: str) -> ml_collections.ConfigDict:
-  names = available_experiments()
-  if exp not in names:
-    raise ConfigError(f"unknown experiment {exp!r}; accepted: {', '.join(names)}")
-  return importlib.import_module(f"configs.{exp}").get_config()
+def __getattr__(name: str):
+  # Compatibility for callers of config_lib.load_config & co.
+  # (qkvjax/studies/claims.py, tests, benchmarks): loading configs/NAME.py is
+  # the framework's job, qkvjax.registry.
+  if name in _MOVED:
+    from qkvjax import registry  # pylint: disable=g-import-not-at-top
+    return getattr(registry, name)
+  raise AttributeError(f"module 'qkvjax.config' has no attribute {name!r}")
 
 
 def model_config(**overrides) -> ml_collections.ConfigDict:
@@ -281,62 +279,3 @@ def validate_common(c: ml_collections.ConfigDict, min_steps: int = 1) -> None:
           f"an integer in 1..{c.steps} (config.steps)")
   if "checkpoint_every" in c:
     require_at_least(c, ("checkpoint_every",))
-
-
-def validate_model(m: ml_collections.ConfigDict, prefix: str = "model") -> None:
-  """A ``model`` block (``qkvjax.models.Transformer``)."""
-  from qkvjax.models import attention_block  # pylint: disable=g-import-not-at-top
-  c = ml_collections.ConfigDict({prefix: m})
-  require_at_least(c, [f"{prefix}.{f}" for f in ("d_model", "n_heads", "d_head",
-                                                 "n_layers", "d_mlp") if f in m])
-  require_choice(c, f"{prefix}.qkv_init", tuple(attention_block.QKV_INITIALIZERS))
-  require(m.qkv_init_scale > 0, f"{prefix}.qkv_init_scale", m.qkv_init_scale,
-          "a number > 0")
-  if "attn_scale" in m:
-    scale_ok = m.attn_scale in ("inv_sqrt_dk", "none")
-    if not scale_ok:
-      try:
-        scale_ok = 1e-6 <= float(m.attn_scale) <= 1e6
-      except ValueError:
-        pass
-    require(scale_ok, f"{prefix}.attn_scale", m.attn_scale,
-            "'inv_sqrt_dk', 'none' or a number in [1e-6, 1e6]")
-  if "tie" in m:
-    require_choice(c, f"{prefix}.tie", attention_block.TIE_MODES)
-    require(m.value_proj or m.n_heads * m.d_head == m.d_model, f"{prefix}.value_proj",
-            m.value_proj, "True, or False only when n_heads * d_head == d_model")
-    require(m.value_proj or m.tie == "none", f"{prefix}.value_proj", m.value_proj,
-            "True, or False only with tie='none'")
-  if "residual_scale" in m:
-    require(m.residual_scale > 0, f"{prefix}.residual_scale", m.residual_scale,
-            "a number > 0")
-
-
-def validate_optim(o: ml_collections.ConfigDict) -> None:
-  """The ``optim`` block (``qkvjax.train.make_optimizer``)."""
-  from qkvjax import train  # pylint: disable=g-import-not-at-top
-  c = ml_collections.ConfigDict({"optim": o})
-  require_choice(c, "optim.optimizer", train.OPTIMIZERS)
-  require(o.learning_rate > 0, "optim.learning_rate", o.learning_rate, "a number > 0")
-  require_at_least(c, [f"optim.{f}" for f in ("weight_decay", "warmup_steps",
-                                              "grad_clip")], 0)
-  for f in ("b1", "b2", "momentum"):
-    require(0 <= o[f] < 1, f"optim.{f}", o[f], "0 <= value < 1")
-
-
-def from_saved(exp: str, saved: dict[str, Any]) -> ml_collections.ConfigDict:
-  """An experiment's config rebuilt from a saved ``config.json`` dict: the
-  experiment's defaults with the saved values set, lists back to tuples."""
-  config = load_config(exp)
-
-  def fill(node: ml_collections.ConfigDict, values: dict[str, Any], prefix: str):
-    for key, value in values.items():
-      if key not in node:
-        raise ConfigError(f"saved config field {prefix}{key!r} is not a field of experiment "
-                          f"{exp!r}; accepted: a run made by this version of qkvjax")
-      if isinstance(node[key], ml_collections.ConfigDict):
-        fill(node[key], value, f"{prefix}{key}.")
-      else:
-        node[key] = tuple(value) if isinstance(value, list) else value
-  fill(config, saved, "")
-  return config

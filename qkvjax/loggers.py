@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from qkvjax.config import ConfigError
+from qkvjax.errors import ConfigError
 
 # Per-seed curves only for these (every metric gets its across-seed mean).
 PER_SEED = ("loss", "accuracy")

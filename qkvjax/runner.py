@@ -21,7 +21,7 @@ import os
 import pathlib
 import shutil
 import sys
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import ml_collections
@@ -261,7 +261,7 @@ def resume_step(program: Program, units: Sequence[Unit]) -> int | None:
   return max(common) if common else None
 
 
-def _restore(trainer: train.Trainer, program: Program, units: Sequence[Unit], step: int):
+def restore(trainer: train.Trainer, program: Program, units: Sequence[Unit], step: int):
   """The program's state from the checkpoints at ``step``."""
   slices = _member_slices(program, program.config.num_seeds)
   abstract = jax.eval_shape(trainer.init, jax.ShapeDtypeStruct(
@@ -328,7 +328,7 @@ def train_program(study, program: Program, units: Sequence[Unit], task: tasks.Ta
                              if study.compile_options else {}))
   names = [m.condition for m in program.members]
   bar.set_description(f"{'/'.join(dict.fromkeys(names))[:40]} ({trainer.num_runs} runs)")
-  state = None if start is None else _restore(trainer, program, units, start)
+  state = None if start is None else restore(trainer, program, units, start)
   start = start or 0
 
   def write(step, metrics, phase):
@@ -376,12 +376,13 @@ def train_program(study, program: Program, units: Sequence[Unit], task: tasks.Ta
   return out
 
 
-def execute(study, units: Sequence[Unit], progress: bool = True, resume: bool = False,
-            tensorboard: bool = False, target: pathlib.Path | None = None,
-            programs: Sequence[Program] | None = None, built=None) -> None:
-  """Trains every given unit and finishes each (summary, figures, report)."""
+def execute(study, units: Sequence[Unit], finish: Callable[[pathlib.Path], None],
+            progress: bool = True, resume: bool = False, tensorboard: bool = False,
+            target: pathlib.Path | None = None, programs: Sequence[Program] | None = None,
+            built=None) -> None:
+  """Trains every given unit and finishes each with ``finish(unit_dir)``
+  (the study's summary, figures and report)."""
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-  from qkvjax import study as study_lib  # pylint: disable=g-import-not-at-top
   programs = plan(study, [u.config for u in units]) if programs is None else programs
   built = build_tasks(programs) if built is None else built
   target = target or units[0].dir
@@ -434,55 +435,6 @@ def execute(study, units: Sequence[Unit], progress: bool = True, resume: bool = 
       results.write_json(u.dir / "samples.json", samples[i])
     set_status(u.dir, "complete")
     try:
-      study_lib.finish(study, u.dir)
+      finish(u.dir)
     except Exception as e:  # pylint: disable=broad-except
       raise _fail([u], u.dir, e, finishing=True) from None
-
-
-# ---- trained parameters, for analysis after a run ---------------------------------------
-def load_run_params(run_dir, step: int | None = None) -> dict[str, Any]:
-  """The trained parameters of a run, per condition: an ``nnx.State`` of the
-  study's Flax model whose leaves have a leading seed axis, from the
-  checkpoint at ``step`` (default: the last). With ``load_run_model`` a
-  finished run's models can be analysed without retraining."""
-  from qkvjax import study as study_lib  # pylint: disable=g-import-not-at-top
-  run_dir = pathlib.Path(run_dir)
-  saved = results.read_json(run_dir / "config.json")
-  study = study_lib.study_of(saved["experiment"])
-  cfg = config_lib.from_saved(saved["experiment"], saved["config"])
-  unit = Unit(run_dir, cfg, {})
-  out = {}
-  for p in plan(study, [cfg]):
-    trainer = train.Trainer(p.config, tasks.make(p.task, p.config), p.points, (),
-                            study.model_fn)
-    have = checkpoints.steps(run_dir, p.unit_conditions(0))
-    at = have[-1] if step is None and have else step
-    if at is None or at not in have:
-      raise config_lib.ConfigError(f"{run_dir} has no checkpoint at step {step!r} for "
-                                   f"{', '.join(p.conditions)}; accepted: one of {have}")
-    state = jax.device_get(_restore(trainer, p, [unit], at))
-    s = p.config.num_seeds
-    for i, m in enumerate(p.members):
-      out[m.condition] = jax.tree.map(lambda x, i=i: x[i * s:(i + 1) * s], state.params)
-  return out
-
-
-def load_run_model(run_dir, condition: str | None = None, seed: int = 0,
-                   step: int | None = None):
-  """One seed's trained model (an ``nnx.Module``) of a run's condition (the
-  only one if the run has one)."""
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-  from qkvjax import study as study_lib  # pylint: disable=g-import-not-at-top
-  run_dir = pathlib.Path(run_dir)
-  saved = results.read_json(run_dir / "config.json")
-  study = study_lib.study_of(saved["experiment"])
-  params = load_run_params(run_dir, step)
-  condition = condition or next(iter(params))
-  cfg = config_lib.from_saved(saved["experiment"], saved["config"])
-  task_name, cond_cfg = study_lib.condition_configs(study, cfg)[condition]
-  model = study.model_fn(cond_cfg, tasks.make(task_name, cond_cfg),
-                         nnx.Rngs(params=jax.random.PRNGKey(0)))
-  _, _, rest = nnx.split(model, nnx.Param, ...)
-  graphdef = nnx.split(model, nnx.Param, ...)[0]
-  one = jax.tree.map(lambda x: x[seed], params[condition])
-  return nnx.merge(graphdef, one, rest)

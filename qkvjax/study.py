@@ -22,12 +22,15 @@ import jax
 import ml_collections
 import numpy as np
 
+from qkvjax import checkpoints
 from qkvjax import config as config_lib
 from qkvjax import distributed
 from qkvjax import models
 from qkvjax import plotting
 from qkvjax import report
+from qkvjax import registry
 from qkvjax import results
+from qkvjax import runner
 from qkvjax import stats
 from qkvjax import tasks
 from qkvjax import train
@@ -115,7 +118,6 @@ def condition_configs(study: Study, config) -> dict[str, tuple[str, ml_collectio
 
 def programs(study: Study, config) -> list:
   """The study's conditions grouped into compiled programs (``runner.plan``)."""
-  from qkvjax import runner  # pylint: disable=g-import-not-at-top
   return runner.plan(study, [config])
 
 
@@ -124,9 +126,9 @@ def check(study: Study, config, results_dir) -> None:
   study.validate(config)
   for _, (task, cfg) in condition_configs(study, config).items():
     if "model" in cfg and "tie" in cfg.model:
-      config_lib.validate_model(cfg.model)
+      models.validate_model(cfg.model)
     if "optim" in cfg:
-      config_lib.validate_optim(cfg.optim)
+      train.validate_optim(cfg.optim)
     tasks.validate(task, cfg)
   results.check_writable(results_dir, study.name)
 
@@ -171,10 +173,15 @@ def nnx_merge(trainer: train.Trainer, params, rest):
   return nnx.merge(trainer.graphdef, params, rest)
 
 
+def _finisher(study: Study):
+  return lambda run_dir: finish(study, run_dir)
+
+
 def run(study: Study, config, results_dir, progress: bool = True,
-        tensorboard: bool = False) -> pathlib.Path:
-  """Trains every program, then writes summary, figures and report."""
-  from qkvjax import runner  # pylint: disable=g-import-not-at-top
+        tensorboard: bool = False, variant: str | None = None) -> pathlib.Path:
+  """Trains every program, then writes summary, figures and report.
+  ``variant``: the ``get_config(arg)`` the config came from (e.g. "tiny"),
+  recorded so a resume rebuilds the same one."""
   progs = runner.plan(study, [config])
   built = runner.build_tasks(progs)
   runner.check_resources(study, progs, built, results_dir)
@@ -182,20 +189,19 @@ def run(study: Study, config, results_dir, progress: bool = True,
   if distributed.is_writer():
     run_dir = results.new_run_dir(results_dir, study.name)
     results.write_json(run_dir / "config.json", {
-        "experiment": study.name, "config": config.to_dict(), "status": "running",
-        "run_dir": str(run_dir), "conditions": study.conditions(config),
+        "experiment": study.name, "variant": variant, "config": config.to_dict(),
+        "status": "running", "run_dir": str(run_dir), "conditions": study.conditions(config),
         **results.provenance(train.run_mesh())})
   run_dir = pathlib.Path(distributed.broadcast_text(str(run_dir)))
-  runner.execute(study, [runner.Unit(run_dir, config, {})], progress,
+  runner.execute(study, [runner.Unit(run_dir, config, {})], _finisher(study), progress,
                  tensorboard=tensorboard, programs=progs, built=built)
   return run_dir
 
 
 def run_sweep(study: Study, config, grid, results_dir, progress: bool = True,
-              tensorboard: bool = False) -> pathlib.Path:
+              tensorboard: bool = False, variant: str | None = None) -> pathlib.Path:
   """One run directory per grid point under ``results/<exp>/<sweep_id>/``,
   foldable points trained together; then the sweep's summary and report."""
-  from qkvjax import runner  # pylint: disable=g-import-not-at-top
   from qkvjax import sweep  # pylint: disable=g-import-not-at-top
   grid_points = sweep.points(grid)
   configs = [config_lib.apply_overrides(config, p) for p in grid_points]
@@ -214,14 +220,16 @@ def run_sweep(study: Study, config, grid, results_dir, progress: bool = True,
     if distributed.is_writer():
       (sweep_dir / name).mkdir()
       results.write_json(sweep_dir / name / "config.json", {
-          "experiment": study.name, "config": cfg.to_dict(), "status": "running",
-          "run_dir": str(sweep_dir / name), "conditions": study.conditions(cfg),
+          "experiment": study.name, "variant": variant, "config": cfg.to_dict(),
+          "status": "running", "run_dir": str(sweep_dir / name),
+          "conditions": study.conditions(cfg),
           "sweep": {"dir": "..", "point": point},
           **results.provenance(train.run_mesh())})
   if distributed.is_writer():
-    sweep.write_manifest(sweep_dir, study.name, config, grid, manifest)
+    sweep.write_manifest(sweep_dir, study.name, config, grid, manifest, variant)
   try:
-    runner.execute(study, units, progress, tensorboard=tensorboard, target=sweep_dir,
+    runner.execute(study, units, _finisher(study), progress, tensorboard=tensorboard,
+                   target=sweep_dir,
                    programs=progs, built=built)
   finally:
     if distributed.is_writer():
@@ -258,7 +266,6 @@ def resume(target, overrides: dict[str, str] | None = None, progress: bool = Tru
   """Continues a killed run or sweep from its last checkpoints; None (nothing
   written) if it is already complete. ConfigError if ``target`` is neither, or
   if ``overrides`` differ from its saved config."""
-  from qkvjax import runner  # pylint: disable=g-import-not-at-top
   from qkvjax import sweep  # pylint: disable=g-import-not-at-top
   target = pathlib.Path(target)
   bad = config_lib.ConfigError(f"--resume={str(target)!r} is not a run or sweep directory; "
@@ -275,23 +282,25 @@ def resume(target, overrides: dict[str, str] | None = None, progress: bool = Tru
     raise bad
   study = study_of(exp)
   if manifest:
-    base = config_lib.from_saved(exp, manifest["config"])
+    base = registry.from_saved(exp, manifest["config"], manifest.get("variant"))
     _same_config(base, overrides or {}, target)
     units = []
     for p in manifest["points"]:
       unit_saved = results.read_json(target / p["name"] / "config.json")
       if unit_saved.get("status") != "complete":
         units.append(runner.Unit(target / p["name"],
-                                 config_lib.from_saved(exp, unit_saved["config"]),
+                                 registry.from_saved(exp, unit_saved["config"],
+                                                       unit_saved.get("variant")),
                                  p["overrides"]))
   else:
-    cfg = config_lib.from_saved(exp, saved["config"])
+    cfg = registry.from_saved(exp, saved["config"], saved.get("variant"))
     _same_config(cfg, overrides or {}, target)
     units = [] if saved.get("status") == "complete" else [runner.Unit(target, cfg, {})]
   if not units:
     return None
   try:
-    runner.execute(study, units, progress, resume=True, tensorboard=tensorboard, target=target)
+    runner.execute(study, units, _finisher(study), progress, resume=True,
+                   tensorboard=tensorboard, target=target)
   finally:
     if manifest and distributed.is_writer():
       sweep.set_point_status(target, {u.dir.name: results.read_json(
@@ -352,3 +361,50 @@ def finish(study: Study, run_dir) -> None:
     figures[fig.title] = plotting.save(drawn, run.dir, fig.name)
   sections = study.sections(run, summary) if study.sections else []
   report.write(run, study.title, study.describe(run), summary, figures, sections)
+
+
+# ---- trained parameters, for analysis after a run ---------------------------------------
+def load_run_params(run_dir, step: int | None = None) -> dict[str, Any]:
+  """The trained parameters of a run, per condition: an ``nnx.State`` of the
+  study's Flax model whose leaves have a leading seed axis, from the
+  checkpoint at ``step`` (default: the last). With ``load_run_model`` a
+  finished run's models can be analysed without retraining."""
+  run_dir = pathlib.Path(run_dir)
+  saved = results.read_json(run_dir / "config.json")
+  study = study_of(saved["experiment"])
+  cfg = registry.from_saved(saved["experiment"], saved["config"], saved.get("variant"))
+  unit = runner.Unit(run_dir, cfg, {})
+  out = {}
+  for p in runner.plan(study, [cfg]):
+    trainer = train.Trainer(p.config, tasks.make(p.task, p.config), p.points, (),
+                            study.model_fn)
+    have = checkpoints.steps(run_dir, p.unit_conditions(0))
+    at = have[-1] if step is None and have else step
+    if at is None or at not in have:
+      raise config_lib.ConfigError(f"{run_dir} has no checkpoint at step {step!r} for "
+                                   f"{', '.join(p.conditions)}; accepted: one of {have}")
+    state = jax.device_get(runner.restore(trainer, p, [unit], at))
+    s = p.config.num_seeds
+    for i, m in enumerate(p.members):
+      out[m.condition] = jax.tree.map(lambda x, i=i: x[i * s:(i + 1) * s], state.params)
+  return out
+
+
+def load_run_model(run_dir, condition: str | None = None, seed: int = 0,
+                   step: int | None = None):
+  """One seed's trained model (an ``nnx.Module``) of a run's condition (the
+  only one if the run has one)."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  run_dir = pathlib.Path(run_dir)
+  saved = results.read_json(run_dir / "config.json")
+  study = study_of(saved["experiment"])
+  params = load_run_params(run_dir, step)
+  condition = condition or next(iter(params))
+  cfg = registry.from_saved(saved["experiment"], saved["config"], saved.get("variant"))
+  task_name, cond_cfg = condition_configs(study, cfg)[condition]
+  model = study.model_fn(cond_cfg, tasks.make(task_name, cond_cfg),
+                         nnx.Rngs(params=jax.random.PRNGKey(0)))
+  _, _, rest = nnx.split(model, nnx.Param, ...)
+  graphdef = nnx.split(model, nnx.Param, ...)[0]
+  one = jax.tree.map(lambda x: x[seed], params[condition])
+  return nnx.merge(graphdef, one, rest)

@@ -33,6 +33,17 @@ from qkvjax.models import attention_block
 from qkvjax.tasks import Task
 
 OPTIMIZERS = ("adamw", "sgd")
+
+
+def validate_optim(o: ml_collections.ConfigDict) -> None:
+  """The ``optim`` block (``qkvjax.train.make_optimizer``)."""
+  c = ml_collections.ConfigDict({"optim": o})
+  config_lib.require_choice(c, "optim.optimizer", OPTIMIZERS)
+  config_lib.require(o.learning_rate > 0, "optim.learning_rate", o.learning_rate, "a number > 0")
+  config_lib.require_at_least(c, [f"optim.{f}" for f in ("weight_decay", "warmup_steps",
+                                              "grad_clip")], 0)
+  for f in ("b1", "b2", "momentum"):
+    config_lib.require(0 <= o[f] < 1, f"optim.{f}", o[f], "0 <= value < 1")
 _HOST = "__host"  # key prefix of a HostMetric's collected arrays
 # The eval batch of ``Measurement.eval_batch`` is drawn from PRNGKey(EVAL_KEY + seed).
 EVAL_KEY = 20_000

@@ -16,6 +16,7 @@ from qkvjax.models.capture import Captured, apply, capture_names, site_name
 from qkvjax.models.encoder_decoder import EncoderDecoder
 from qkvjax.models.hyper import Hyper, hyper, value_of
 from qkvjax.models.transformer import Block, Transformer
+from qkvjax.models.validate import validate_model
 
 __all__ = [
     "AttentionTrace", "Block", "Captured", "EncoderDecoder", "Hyper",

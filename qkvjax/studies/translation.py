@@ -282,7 +282,7 @@ def sections(run, summary) -> list[str]:
 
 def validate(c) -> None:
   config_lib.validate_common(c)
-  config_lib.validate_model(c.model)
+  models.validate_model(c.model)
   config_lib.require_at_least(c, ("model.enc_layers", "model.dec_layers", "data.n_samples"))
   config_lib.require(c.data.n_samples <= c.data.n_heldout, "data.n_samples", c.data.n_samples,
                      f"1..data.n_heldout ({c.data.n_heldout})")
