@@ -59,6 +59,8 @@ def set_formats(text: str) -> None:
 def save(fig, run_dir: pathlib.Path, name: str) -> str | None:
   """Writes the figure in every format of FORMATS atomically; returns the
   first file's name (None, writing nothing, when FORMATS is empty)."""
+  if FORMATS:
+    clear_notes(fig)
   for ext in FORMATS:
     buf = io.BytesIO()
     fig.savefig(buf, format=ext, bbox_inches="tight")
@@ -97,7 +99,38 @@ def band(ax, x, values_SxN, color, label, log=False) -> int:
 def seed_note(fig, n: int, extra: str = "") -> None:
   """The seed count every comparing figure states."""
   text = f"mean ± 1 std over {n} seeds" + (f"; {extra}" if extra else "")
-  fig.text(0.99, 0.005, text, ha="right", va="bottom", fontsize=7, color="0.4")
+  fig.text(0.99, 0.005, text, ha="right", va="bottom", fontsize=7, color="0.4",
+           gid=NOTE_GID)
+
+
+NOTE_GID = "qkvjax-note"  # figure notes kept clear of the axes' text by ``save``
+
+
+def clear_notes(fig) -> None:
+  """Grows the figure at the bottom until its notes (``seed_note``) overlap no
+  other text (tick labels, axis labels), the axes and figure texts moved up."""
+  from matplotlib.text import Text  # pylint: disable=g-import-not-at-top
+  notes = [t for t in fig.texts if t.get_gid() == NOTE_GID]
+  if not notes or fig.get_layout_engine() is not None:
+    return
+  fig.canvas.draw()
+  renderer = fig.canvas.get_renderer()
+  others = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()
+            and t.get_gid() != NOTE_GID]
+  top = max(t.get_window_extent(renderer).y1 for t in notes) + 3
+  low = min((t.get_window_extent(renderer).y0 for t in others), default=top)
+  if low >= top:
+    return
+  height = fig.get_figheight() * fig.dpi
+  grown = height + (top - low)
+  lift = lambda y: (y * height + (top - low)) / grown
+  for ax in fig.axes:
+    box = ax.get_position()
+    ax.set_position([box.x0, lift(box.y0), box.width, box.height * height / grown])
+  for t in fig.texts:
+    if t.get_gid() != NOTE_GID and t.get_transform() == fig.transFigure:
+      t.set_y(lift(t.get_position()[1]))
+  fig.set_figheight(grown / fig.dpi)
 
 
 def condition_colors(names: Sequence[str]) -> dict[str, str]:
