@@ -348,21 +348,17 @@ def train_program(study, program: Program, units: Sequence[Unit], task: tasks.Ta
           writers[m.unit].write(0, {k: v[i] for k, v in at_init.items()},
                                 {"condition": m.condition, "phase": "init"})
     state = trainer.init_states()
-  values = trainer._values()  # pylint: disable=protected-access
   every = int(cfg.get("checkpoint_every", CHECKPOINT_EVERY))
   bar.update(start)
-  pending, step = (start, trainer.measure(state, values)), start
-  for n in train.chunk_lengths(cfg.steps - start, cfg.log_every):
-    with jax.transfer_guard("disallow"):
-      state = trainer.train_chunk(n)(state)
-      step += n
-      done_step, done = pending
-      pending = (step, trainer.measure(state, values))
-    write(done_step, trainer.fetch(done), "train")
+
+  def after_chunk(step, n, state):
     bar.update(n)
     if step < cfg.steps and (step // cfg.log_every) % every == 0:
       _save(trainer, program, units, step, state)
-  write(pending[0], trainer.fetch(pending[1]), "train")
+
+  for step, metrics, final in train.train(trainer, state, start, after_chunk):
+    write(step, metrics, "train")
+  state = final
   _save(trainer, program, units, step, state)
   if not study.samples:
     return {}

@@ -414,19 +414,25 @@ def chunk_lengths(steps: int, log_every: int) -> list[int]:
   return [log_every] * full + ([rest] if rest else [])
 
 
-def train(trainer: Trainer) -> Iterator[tuple[int, dict[str, np.ndarray], TrainState | None]]:
-  """Runs the config's steps, yielding ``(step, metrics, state)`` at each
-  logging point (step 0 first); ``metrics`` maps names to [padded_runs] arrays.
+def train(trainer: Trainer, state: TrainState | None = None, start: int = 0,
+          after_chunk: Callable[[int, int, TrainState], None] | None = None
+          ) -> Iterator[tuple[int, dict[str, np.ndarray], TrainState | None]]:
+  """The training loop (the command line's, the sweeps' and the tests'): runs
+  the config's steps from ``state`` at step ``start`` (default: fresh runs at
+  step 0), yielding ``(step, metrics, state)`` at each logging point;
+  ``metrics`` maps names to [padded_runs] arrays.
 
   The state is yielded only at the last point (it is donated otherwise).
   Metrics are fetched one logging point late, so the host writing them does
-  not stall the device.
+  not stall the device. ``after_chunk(step, n, state)`` runs after each chunk
+  of ``n`` steps once the previous point is consumed (progress, checkpoints);
+  its ``state`` is valid until it returns.
   """
-  state = trainer.init_states()
+  state = trainer.init_states() if state is None else state
   values = trainer._values()  # pylint: disable=protected-access
-  pending = (0, trainer.measure(state, values))
-  step = 0
-  for n in chunk_lengths(trainer.config.steps, trainer.config.log_every):
+  pending = (start, trainer.measure(state, values))
+  step = start
+  for n in chunk_lengths(trainer.config.steps - start, trainer.config.log_every):
     # Any implicit host<->device transfer in the loop is a bug: fail loudly.
     with jax.transfer_guard("disallow"):
       state = trainer.train_chunk(n)(state)
@@ -434,6 +440,8 @@ def train(trainer: Trainer) -> Iterator[tuple[int, dict[str, np.ndarray], TrainS
       done_step, done = pending
       pending = (step, trainer.measure(state, values))
     yield done_step, trainer.fetch(done), None
+    if after_chunk is not None:
+      after_chunk(step, n, state)
   yield pending[0], trainer.fetch(pending[1]), state
 
 
