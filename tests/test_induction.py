@@ -22,18 +22,20 @@ from tests.conftest import ROOT
 
 def _task(**kw):
   c = ml_collections.ConfigDict(dict(lowercase=True, vocab_size=12, seq_len=16, n_triggers=2,
-                                     probe_len=6))
+                                     probe_len=6, fixed_triggers=False))
   c.update(kw)
   return task_lib.make_induction_task(c)
 
 
 # ---- the task ---------------------------------------------------------------------------
-def test_triggers_are_always_followed_by_their_output_and_kinds_say_so():
-  task = _task(vocab_size=20, seq_len=48, n_triggers=3)
+@pytest.mark.parametrize("fixed", [True, False])
+def test_triggers_are_always_followed_by_their_output_and_kinds_say_so(fixed):
+  task = _task(vocab_size=20, seq_len=48, n_triggers=3, fixed_triggers=fixed)
   b = task.sample(jax.random.PRNGKey(0), 64)
   tok, tgt, kind = (np.asarray(x) for x in (b.tokens_BxT, b.target_BxT, b.kind_BxT))
   trig, outs = np.asarray(b.triggers_BxK), np.asarray(b.outputs_BxK)
   assert all(len(set(r)) == 3 for r in trig)
+  assert (trig == [0, 1, 2]).all() == fixed      # fixed: the 3 most frequent characters
   for r in range(64):
     seen = set()
     for t in range(48):
@@ -213,3 +215,81 @@ def test_composition_scores_against_closed_forms():
   # Random Gaussian d x d: E score^2 = 1/d, so the baseline is near 1/sqrt(d).
   assert abs(ind.composition_baseline(64, 64) - 1 / 8) < 0.02
   np.testing.assert_allclose(ind.copying_score(np.stack([eye, -eye])), [1, -1])
+
+
+def test_curve_analysis_finds_the_drop_and_its_sharpness():
+  steps = np.arange(0, 1001, 50)
+  line = 3 - steps / 1000
+  cliff = np.where(steps < 600, 3.0, 1.0)
+  drop, sharp = ind.steepest_drop(steps, np.stack([line, cliff]), window=2, skip=100)
+  np.testing.assert_allclose(sharp[0], 1, rtol=1e-6)
+  assert 550 <= drop[1] <= 600 and sharp[1] == pytest.approx(2 / 100 / (2 / 900))
+  rise = ind.rise_step(steps, np.stack([3 - line, 3 - cliff, np.ones_like(line)]), 0.5, 9999)
+  np.testing.assert_array_equal(rise, [500, 600, 9999])
+
+
+# ---- the study, end to end ---------------------------------------------------------------
+def _flags(variant):
+  """--config flags turning the default config into ``get_config(variant)``."""
+  from configs import induction as cfg_mod  # pylint: disable=g-import-not-at-top
+  base, small = (config_lib.copy(c).to_dict() for c in (cfg_mod.get_config(),
+                                                         cfg_mod.get_config(variant)))
+  out = []
+  for key, value in small.items():
+    for sub, v in (value.items() if isinstance(value, dict) else [(None, value)]):
+      path = key if sub is None else f"{key}.{sub}"
+      if v != (base[key] if sub is None else base[key][sub]):
+        out.append(f"--config.{path}={v}")
+  return out
+
+
+def test_conditions_are_three_programs_and_the_paper_variant_is_valid(tmp_path):
+  from configs import induction as cfg_mod  # pylint: disable=g-import-not-at-top
+  from qkvjax import study
+  from qkvjax.studies import induction as study_mod
+  progs = study.programs(study_mod.STUDY, cfg_mod.get_config())
+  assert sorted((p.config.model.n_layers, p.config.model.tie) for p in progs) == [
+      (1, "none"), (2, "none"), (2, "qk")]
+  study.check(study_mod.STUDY, cfg_mod.get_config("paper"), tmp_path)
+
+
+def test_end_to_end_tiny(tmp_path):
+  import json  # pylint: disable=g-import-not-at-top
+  from experiments import run as run_cli  # pylint: disable=g-import-not-at-top
+  args = ["run", "--exp=induction", f"--results_dir={tmp_path}", "--noprogress",
+          "--figure_formats=png"] + _flags("tiny")
+  assert run_cli.main(args) == 0
+  (run_dir,) = (tmp_path / "induction").iterdir()
+  summary = json.loads((run_dir / "summary.json").read_text())
+  assert len(summary["claims"]) == 15 and len(summary["drop_step"]) == 2
+  final = summary["final"]["main"]
+  for key in ("eval/loss/repeat", "prefix_matching/L1/H0", "k_comp/L0H0/L1H0",
+              "copying/L1/H0", "recall/token", "symmetry/L0"):
+    assert key in final
+  assert "k_comp/L0H0/L1H0" not in summary["final"]["one_layer"]
+  for f in ("phase_change.png", "heads.png", "composition.png", "attention.png"):
+    assert (run_dir / f).is_file()
+  assert "## Beside the papers" in (run_dir / "report.md").read_text()
+
+
+@pytest.mark.parametrize("bad", [
+    "--config.task.n_triggers=76", "--config.task.seq_len=40", "--config.model.n_layers=1",
+    "--config.model.positions=rotary", "--config.model.mlp=true", "--config.num_seeds=1",
+    "--config.steps=30"])
+def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, capsys, bad):
+  from experiments import run as run_cli  # pylint: disable=g-import-not-at-top
+  assert run_cli.main(["run", "--exp=induction", f"--results_dir={tmp_path}", bad]) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and ("composition" if "n_layers" in bad
+                                   else bad.split("=")[0][len("--config."):]) in err
+  assert not (tmp_path / "induction").exists()
+
+
+def test_bad_input_through_the_command_line(tmp_path):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  out = subprocess.run([sys.executable, "-m", "experiments.run", "--exp=induction",
+                        f"--results_dir={tmp_path}", "--config.task.vocab_size=12",
+                        "--config.task.n_triggers=12"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=120)
+  assert out.returncode == 2 and out.stderr.count("\n") == 1
+  assert "task.n_triggers" in out.stderr and not (tmp_path / "induction").exists()

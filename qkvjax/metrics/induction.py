@@ -214,19 +214,20 @@ def position_kind_scores(logits_BxTxV, batch) -> dict[str, jax.Array]:
           "icl_score": jnp.mean(ce_BxT[:, t - w:]) - jnp.mean(ce_BxT[:, early:early + w])}
 
 
-def induction_metrics(eval_size: int, probe_size: int,
-                      composition_scores: bool = True) -> Callable:
+def induction_metrics(eval_size: int, probe_size: int) -> Callable:
   """The metric group: on a fixed eval batch, per-kind losses and the ICL
   score (``eval/...``); on the repeated probe, each head's previous-token and
   prefix-matching scores and the probe's second-copy accuracy; the circuit
-  scores (``circuit_scores``)."""
+  scores (``circuit_scores``). A config's ``eval_batch`` and ``probe_batch``
+  fields, where present, replace the sizes."""
 
   def fn(m) -> dict[str, jax.Array]:
-    task = m.task
-    batch = m.eval_batch(eval_size)
+    task, cfg = m.task, m.config
+    batch = m.eval_batch(cfg.eval_batch if "eval_batch" in cfg else eval_size)
+    probe_n = cfg.probe_batch if "probe_batch" in cfg else probe_size
     logits, _ = models.apply(m.model, batch.tokens_BxT)
     out = {f"eval/{k}": v for k, v in position_kind_scores(logits, batch).items()}
-    probe_BxT = task.repeated(jax.random.PRNGKey(PROBE_KEY + m.config.seed), probe_size)
+    probe_BxT = task.repeated(jax.random.PRNGKey(PROBE_KEY + cfg.seed), probe_n)
     logits, captured = models.apply(m.model, probe_BxT)
     half = task.probe_len
     hit_BxT = jnp.argmax(logits[:, half:-1], -1) == probe_BxT[:, half + 1:]
@@ -237,7 +238,7 @@ def induction_metrics(eval_size: int, probe_size: int,
       for h in range(prev.shape[0]):
         out[f"previous_token/{site}/H{h}"] = prev[h]
         out[f"prefix_matching/{site}/H{h}"] = prefix[h]
-    out.update(circuit_scores(m.model, composition_scores))
+    out.update(circuit_scores(m.model))
     return out
 
   return fn
@@ -265,3 +266,38 @@ def _copying_finish(collected: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 # Copying score of every head (``copying/L1/H0``): eigenvalues on the host.
 copying = HostMetric(_copying_collect, _copying_finish)
+
+
+# ---- training curves of a saved run (numpy) -------------------------------------------
+def steepest_drop(steps_N, values_SxN, window: int, skip: float):
+  """Per seed (row): the step at the middle of the ``window`` logging points
+  over which the curve falls fastest, and that fall's slope divided by the
+  average slope from ``skip`` to the end (1 for a straight line; the number
+  of windows in the run for a single step). Logging points before ``skip``
+  are left out. Returns (drop_step [S], sharpness [S]); NaN for a seed that
+  diverged or never falls."""
+  steps_N = np.asarray(steps_N, float)
+  keep = steps_N >= skip
+  x_N, y_SxN = steps_N[keep], np.asarray(values_SxN, float)[:, keep]
+  fall_SxW = (y_SxN[:, :-window] - y_SxN[:, window:]) / (x_N[window:] - x_N[:-window])
+  best = np.argmax(np.where(np.isfinite(fall_SxW), fall_SxW, -np.inf), 1)
+  rows = np.arange(y_SxN.shape[0])
+  average = (y_SxN[:, 0] - y_SxN[:, -1]) / (x_N[-1] - x_N[0])
+  with np.errstate(divide="ignore", invalid="ignore"):
+    sharpness = np.where(average > 0, fall_SxW[rows, best] / average, np.nan)
+  drop = (x_N[best] + x_N[best + window]) / 2
+  ok = np.isfinite(y_SxN).all(1)
+  return np.where(ok, drop, np.nan), np.where(ok, sharpness, np.nan)
+
+
+def rise_step(steps_N, values_SxN, min_rise: float, censor: float) -> np.ndarray:
+  """Per seed, the first logged step at which the curve has covered half of
+  its rise from the first to the last logging point; ``censor`` when it rose
+  by less than ``min_rise``, NaN if it diverged."""
+  y_SxN = np.asarray(values_SxN, float)
+  rise_S = y_SxN[:, -1] - y_SxN[:, 0]
+  half_S = y_SxN[:, 0] + rise_S / 2
+  hit_SxN = y_SxN >= half_S[:, None]
+  first = np.asarray(steps_N, float)[np.argmax(hit_SxN, 1)]
+  out = np.where(rise_S >= min_rise, first, censor)
+  return np.where(np.isfinite(y_SxN).all(1), out, np.nan)

@@ -10,8 +10,9 @@ Two options for circuit studies (Bietti et al. 2023), off when the ``model``
 block lacks them, so the default model and program are unchanged:
 ``frozen_embeddings`` keeps the random token embedding and unembedding as
 ``Frozen`` variables (not ``nnx.Param``: the optimizer never sees them), and
-``positions="sinusoidal"`` uses fixed sinusoidal positions instead of learned
-ones. Both draw the same random keys as the default, so every other weight
+``positions="sinusoidal"`` or ``"random"`` uses fixed sinusoidal or frozen
+random Gaussian positions (Bietti et al.'s) instead of learned ones. These
+options draw the same random keys as the default, so every other weight
 is the default model's for the same seed.
 
 Letters in names: B batch, T positions, M d_model, F MLP width, V vocabulary.
@@ -88,7 +89,7 @@ def _scale(cfg):
   return resolve_scale(cfg.attn_scale, cfg.d_head)
 
 
-POSITIONS = ("learned", "sinusoidal")
+POSITIONS = ("learned", "sinusoidal", "random")
 
 
 class Transformer(nnx.Module):
@@ -109,6 +110,8 @@ class Transformer(nnx.Module):
       raise ValueError(f"positions={positions!r}: expected one of {POSITIONS}")
     if positions == "sinusoidal":
       self.pos_embed = Frozen(sinusoidal_positions(seq_len, m))
+    elif positions == "random":  # frozen N(0, 1), the token embedding's scale
+      self.pos_embed = Frozen(self.pos_embed[...] / 0.1)
     if option(cfg, "frozen_embeddings", False):
       self.embed.embedding = Frozen(self.embed.embedding[...])
       self.unembed.kernel = Frozen(self.unembed.kernel[...])

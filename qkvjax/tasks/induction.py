@@ -6,9 +6,14 @@ Global statistics: the character unigram and bigram frequencies of
 ``vocab_size`` most frequent characters, 0 = all of them; other characters are
 dropped from the text before counting). A sequence of ``seq_len + 1``
 characters starts from the unigram and follows the bigram chain, except that
-each sequence draws ``n_triggers`` distinct *trigger* characters (from the
-unigram) and for each its own *output* character (uniform over the
-vocabulary): within that sequence a trigger is always followed by its output.
+``n_triggers`` *trigger* characters each get, per sequence, their own
+*output* character (from the unigram, ``outputs="unigram"``, or uniform over
+the vocabulary): within that sequence a trigger is always followed by its
+output. Uniform outputs are mostly rare characters, which a model can spot
+and copy without an induction head. The triggers are the most frequent
+characters, the same in every sequence (``fixed_triggers``, as in Bietti et
+al.'s experiments), or distinct characters drawn from the unigram per
+sequence (harder: any token may be a trigger).
 
 Per input position the ground truth (``kind_BxT``) says what the next token
 is: ``BIGRAM`` (drawn from the global bigram), ``FIRST`` (the output after a
@@ -39,6 +44,7 @@ from qkvjax.tasks import text
 
 BIGRAM, FIRST, REPEAT = 0, 1, 2
 KINDS = {"bigram": BIGRAM, "first": FIRST, "repeat": REPEAT}
+OUTPUTS = ("unigram", "uniform")
 SMOOTHING = 0.01  # added to every bigram count, so every transition is possible
 
 
@@ -95,6 +101,8 @@ class InductionTask:
   n_triggers: int
   probe_len: int
   lowercase: bool
+  fixed_triggers: bool = True
+  outputs: str = "unigram"
 
   @property
   def vocab_size(self) -> int:
@@ -111,21 +119,28 @@ class InductionTask:
     """A batch of sequences; a pure function of ``key``."""
     k_trig, k_out, k_first, k_chain = jax.random.split(key, 4)
     log_uni_V = jnp.log(jnp.asarray(self.unigram, jnp.float32) + 1e-12)
-    log_big_VxV = jnp.log(jnp.asarray(self.bigram, jnp.float32))
+    # Inverse-CDF sampling of the chain: one uniform per step, drawn up front.
+    cdf_VxV = jnp.asarray(np.cumsum(self.bigram, 1), jnp.float32)
     # Distinct triggers drawn from the unigram: the top K of Gumbel-perturbed log-probs.
     gumbel_BxV = jax.random.gumbel(k_trig, (batch_size, self.vocab_size))
     triggers_BxK = jnp.argsort(-(log_uni_V + gumbel_BxV), axis=1)[:, :self.n_triggers]
-    outputs_BxK = jax.random.randint(k_out, (batch_size, self.n_triggers), 0, self.vocab_size)
+    if self.fixed_triggers:  # the vocabulary is sorted by frequency
+      triggers_BxK = jnp.broadcast_to(jnp.arange(self.n_triggers), triggers_BxK.shape)
+    if self.outputs == "unigram":
+      outputs_BxK = jax.random.categorical(k_out, log_uni_V, shape=(batch_size, self.n_triggers))
+    else:
+      outputs_BxK = jax.random.randint(k_out, (batch_size, self.n_triggers), 0, self.vocab_size)
     first_B = jax.random.categorical(k_first, log_uni_V, shape=(batch_size,))
 
-    def step(prev_B, key_t):
-      drawn_B = jax.random.categorical(key_t, log_big_VxV[prev_B])
+    def step(prev_B, u_B):
+      drawn_B = jnp.minimum(jnp.sum(cdf_VxV[prev_B] < u_B[:, None], 1), self.vocab_size - 1)
       hit_BxK = prev_B[:, None] == triggers_BxK
       forced_B = jnp.sum(jnp.where(hit_BxK, outputs_BxK, 0), 1)
       nxt_B = jnp.where(hit_BxK.any(1), forced_B, drawn_B)
       return nxt_B, nxt_B
 
-    _, rest_TxB = jax.lax.scan(step, first_B, jax.random.split(k_chain, self.window))
+    u_TxB = jax.random.uniform(k_chain, (self.window, batch_size))
+    _, rest_TxB = jax.lax.scan(step, first_B, u_TxB)
     seq_BxT1 = jnp.concatenate([first_B[:, None], rest_TxB.T], 1).astype(jnp.int32)
     tokens_BxT = seq_BxT1[:, :-1]
     return Batch(tokens_BxT, seq_BxT1[:, 1:], position_kinds(tokens_BxT, triggers_BxK),
@@ -151,6 +166,7 @@ class InductionTask:
             "vocab": list(self.vocab), "unigram": self.unigram.tolist(),
             "n_chars": self.n_chars, "lowercase": self.lowercase, "seq_len": self.window,
             "n_triggers": self.n_triggers, "probe_len": self.probe_len,
+            "fixed_triggers": self.fixed_triggers, "outputs": self.outputs,
             "bigram_entropy": self.bigram_entropy(),
             "uniform_output_loss": float(np.log(self.vocab_size))}
 
@@ -177,7 +193,8 @@ def make_induction_task(cfg: ml_collections.ConfigDict) -> InductionTask:
   """The task from a config's ``task`` block."""
   vocab, unigram, bigram, n = char_statistics(bool(cfg.lowercase), int(cfg.vocab_size))
   return InductionTask(vocab, unigram, bigram, n, int(cfg.seq_len), int(cfg.n_triggers),
-                       int(cfg.probe_len), bool(cfg.lowercase))
+                       int(cfg.probe_len), bool(cfg.lowercase),
+                       bool(cfg.get("fixed_triggers", True)), str(cfg.get("outputs", "unigram")))
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
@@ -191,6 +208,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
                      f"0 (every character) or an integer in 4..{distinct} (the text's "
                      "distinct characters)")
   v = t.vocab_size or distinct
+  config_lib.require(t.get("outputs", "unigram") in OUTPUTS, "task.outputs",
+                     t.get("outputs"), ", ".join(OUTPUTS))
   config_lib.require(isinstance(t.n_triggers, int) and 1 <= t.n_triggers < v,
                      "task.n_triggers", t.n_triggers,
                      f"an integer in 1..{v - 1} (fewer triggers than the {v}-token vocabulary)")
