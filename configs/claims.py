@@ -10,5 +10,5 @@ def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   # --exp names, run in this order with their default configs.
   c.experiments = ("specialization", "init_scale", "scaling", "tied", "heads", "context",
-                   "residual", "translation")
+                   "residual", "translation", "induction")
   return c

@@ -365,3 +365,14 @@ def layer_head_heatmaps(grids: dict[str, tuple], rows: Sequence[str], title: str
   fig.suptitle(title, y=1.0)
   fig.tight_layout()
   return fig
+
+
+def seed_curves(ax, x, values_SxN, color, label) -> int:
+  """Every seed's curve (thin) and their mean (thick), on one step axis;
+  NaNs (diverged) are skipped. Returns the number of seeds drawn."""
+  values_SxN = np.asarray(values_SxN, float)
+  for row in values_SxN:
+    ax.plot(x, row, color=color, lw=0.6, alpha=0.35)
+  mean, _ = nan_mean_std(values_SxN)
+  ax.plot(x, mean, color=color, lw=1.8, label=label)
+  return seeds_counted(values_SxN)
