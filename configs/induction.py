@@ -45,7 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # have none).
   c.model = model_config(d_model=64, n_heads=1, d_head=64, n_layers=2, mlp=False)
   c.model.frozen_embeddings = True
-  c.model.positions = "random"  # frozen N(0, 1) positions, as Bietti et al.'s
+  c.model.positions = "random"  # frozen N(0, 1) positions (our reading of Bietti et al.)
   c.optim = optim_config(learning_rate=3e-3)
 
   if arg == "tiny":  # seconds on a CPU: tests

@@ -11,9 +11,10 @@ characters starts from the unigram and follows the bigram chain, except that
 the vocabulary): within that sequence a trigger is always followed by its
 output. Uniform outputs are mostly rare characters, which a model can spot
 and copy without an induction head. The triggers are the most frequent
-characters, the same in every sequence (``fixed_triggers``, as in Bietti et
-al.'s experiments), or distinct characters drawn from the unigram per
-sequence (harder: any token may be a trigger).
+characters, the same in every sequence (``fixed_triggers``; our reading of
+Bietti et al.'s experiments, not checked against their code), or distinct
+characters drawn from the unigram per sequence (harder: any token may be a
+trigger).
 
 Per input position the ground truth (``kind_BxT``) says what the next token
 is: ``BIGRAM`` (drawn from the global bigram), ``FIRST`` (the output after a
