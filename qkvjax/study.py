@@ -364,11 +364,9 @@ def finish(study: Study, run_dir) -> None:
 
 
 # ---- trained parameters, for analysis after a run ---------------------------------------
-def load_run_params(run_dir, step: int | None = None) -> dict[str, Any]:
-  """The trained parameters of a run, per condition: an ``nnx.State`` of the
-  study's Flax model whose leaves have a leading seed axis, from the
-  checkpoint at ``step`` (default: the last). With ``load_run_model`` a
-  finished run's models can be analysed without retraining."""
+def _load_run_states(run_dir, step: int | None):
+  """Per condition, ``(params, model_rest)`` from the checkpoint at ``step``
+  (default: the last), leaves with a leading seed axis."""
   run_dir = pathlib.Path(run_dir)
   saved = results.read_json(run_dir / "config.json")
   study = study_of(saved["experiment"])
@@ -386,25 +384,34 @@ def load_run_params(run_dir, step: int | None = None) -> dict[str, Any]:
     state = jax.device_get(runner.restore(trainer, p, [unit], at))
     s = p.config.num_seeds
     for i, m in enumerate(p.members):
-      out[m.condition] = jax.tree.map(lambda x, i=i: x[i * s:(i + 1) * s], state.params)
+      out[m.condition] = tuple(jax.tree.map(lambda x, i=i: x[i * s:(i + 1) * s], part)
+                               for part in (state.params, state.model_rest))
   return out
+
+
+def load_run_params(run_dir, step: int | None = None) -> dict[str, Any]:
+  """The trained parameters of a run, per condition: an ``nnx.State`` of the
+  study's Flax model whose leaves have a leading seed axis, from the
+  checkpoint at ``step`` (default: the last). With ``load_run_model`` a
+  finished run's models can be analysed without retraining."""
+  return {c: params for c, (params, _) in _load_run_states(run_dir, step).items()}
 
 
 def load_run_model(run_dir, condition: str | None = None, seed: int = 0,
                    step: int | None = None):
   """One seed's trained model (an ``nnx.Module``) of a run's condition (the
-  only one if the run has one)."""
+  only one if the run has one), with its non-parameter state (frozen
+  embeddings, say) as the run saved it."""
   from flax import nnx  # pylint: disable=g-import-not-at-top
   run_dir = pathlib.Path(run_dir)
   saved = results.read_json(run_dir / "config.json")
   study = study_of(saved["experiment"])
-  params = load_run_params(run_dir, step)
-  condition = condition or next(iter(params))
+  states = _load_run_states(run_dir, step)
+  condition = condition or next(iter(states))
   cfg = registry.from_saved(saved["experiment"], saved["config"], saved.get("variant"))
   task_name, cond_cfg = condition_configs(study, cfg)[condition]
-  model = study.model_fn(cond_cfg, tasks.make(task_name, cond_cfg),
-                         nnx.Rngs(params=jax.random.PRNGKey(0)))
-  _, _, rest = nnx.split(model, nnx.Param, ...)
+  model = nnx.eval_shape(lambda: study.model_fn(cond_cfg, tasks.make(task_name, cond_cfg),
+                                                nnx.Rngs(params=jax.random.PRNGKey(0))))
   graphdef = nnx.split(model, nnx.Param, ...)[0]
-  one = jax.tree.map(lambda x: x[seed], params[condition])
-  return nnx.merge(graphdef, one, rest)
+  params, rest = (jax.tree.map(lambda x: x[seed], part) for part in states[condition])
+  return nnx.merge(graphdef, params, rest)

@@ -229,20 +229,6 @@ def test_curve_analysis_finds_the_drop_and_its_sharpness():
 
 
 # ---- the study, end to end ---------------------------------------------------------------
-def _flags(variant):
-  """--config flags turning the default config into ``get_config(variant)``."""
-  from configs import induction as cfg_mod  # pylint: disable=g-import-not-at-top
-  base, small = (config_lib.copy(c).to_dict() for c in (cfg_mod.get_config(),
-                                                         cfg_mod.get_config(variant)))
-  out = []
-  for key, value in small.items():
-    for sub, v in (value.items() if isinstance(value, dict) else [(None, value)]):
-      path = key if sub is None else f"{key}.{sub}"
-      if v != (base[key] if sub is None else base[key][sub]):
-        out.append(f"--config.{path}={v}")
-  return out
-
-
 def test_conditions_are_three_programs_and_the_paper_variant_is_valid(tmp_path):
   from configs import induction as cfg_mod  # pylint: disable=g-import-not-at-top
   from qkvjax import study
@@ -257,7 +243,7 @@ def test_end_to_end_tiny(tmp_path):
   import json  # pylint: disable=g-import-not-at-top
   from experiments import run as run_cli  # pylint: disable=g-import-not-at-top
   args = ["run", "--exp=induction", f"--results_dir={tmp_path}", "--noprogress",
-          "--figure_formats=png"] + _flags("tiny")
+          "--figure_formats=png", "--config=tiny"]
   assert run_cli.main(args) == 0
   (run_dir,) = (tmp_path / "induction").iterdir()
   summary = json.loads((run_dir / "summary.json").read_text())
@@ -270,6 +256,23 @@ def test_end_to_end_tiny(tmp_path):
   for f in ("phase_change.png", "heads.png", "composition.png", "attention.png"):
     assert (run_dir / f).is_file()
   assert "## Beside the papers" in (run_dir / "report.md").read_text()
+  _loaded_model_keeps_the_frozen_weights_the_run_used(run_dir)
+
+
+def _loaded_model_keeps_the_frozen_weights_the_run_used(run_dir):
+  """``load_run_model`` takes the non-parameter state (frozen embeddings and
+  positions) from the checkpoint, not from a fresh initialization."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  import qkvjax  # pylint: disable=g-import-not-at-top
+  from qkvjax import checkpoints  # pylint: disable=g-import-not-at-top
+  path = checkpoints.directory(run_dir, ["main"])
+  step = max(int(p.name) for p in path.iterdir() if p.name.isdigit())
+  saved = ocp.StandardCheckpointer().restore(path / str(step) / "default")["model_rest"]
+  for seed in (0, 1):
+    model = qkvjax.load_run_model(run_dir, condition="main", seed=seed)
+    np.testing.assert_array_equal(model.embed.embedding[...],
+                                  saved["embed"]["embedding"][seed])
+    np.testing.assert_array_equal(model.pos_embed[...], saved["pos_embed"][seed])
 
 
 @pytest.mark.parametrize("bad", [

@@ -2,7 +2,6 @@
 through the command line: every condition trained, every claim judged,
 every figure drawn, the run marked complete."""
 
-import json
 import os
 import subprocess
 import sys
@@ -16,7 +15,8 @@ from qkvjax import study as study_lib
 from tests.conftest import ROOT
 
 # Skipped: claims (runs the others), figures (redraws), pretrained (no
-# training) and induction (its own tests run its tiny variant).
+# training) and induction (tests/test_induction.py runs its tiny variant
+# through the command line and reads its summary in detail).
 TRAINING = ("specialization", "init_scale", "scaling", "tied", "heads", "context",
             "residual", "symmetry", "translation")
 
