@@ -30,10 +30,11 @@ TRIAL = r"""
 import json, sys, time
 import jax
 from qkvjax import config as config_lib, tasks, train
+from qkvjax import registry
 from qkvjax.studies import specialization
 steps, mode = int(sys.argv[1]), sys.argv[2]
 rates = [float(r) for r in sys.argv[3].split(",")]
-cfg = config_lib.load_config("specialization")
+cfg = registry.load_config("specialization")
 cfg.steps, task = steps, tasks.make("selection", cfg)
 points = [{"optim.learning_rate": r} for r in rates]
 groups = [points] if mode == "folded" else [[p] for p in points]
@@ -67,8 +68,8 @@ def trial(mode: str, steps: int, devices: int = 1) -> dict:
 def checkpoint_cost(saves: int = 5) -> dict:
   """Seconds and MB per save of the headline run's state (8 seeds)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from qkvjax import checkpoints, config as config_lib, tasks, train  # pylint: disable=g-import-not-at-top
-  cfg = config_lib.load_config("specialization")
+  from qkvjax import checkpoints, registry, tasks, train  # pylint: disable=g-import-not-at-top
+  cfg = registry.load_config("specialization")
   trainer = train.Trainer(cfg, tasks.make("selection", cfg))
   host = jax.device_get(trainer.init_states())
   with tempfile.TemporaryDirectory() as tmp:

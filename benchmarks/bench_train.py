@@ -57,7 +57,8 @@ def _time(fn, repeats: int) -> float:
 
 def _config(overrides=None):
   from qkvjax import config as config_lib  # pylint: disable=g-import-not-at-top
-  return config_lib.apply_overrides(config_lib.load_config("specialization"), overrides or {})
+  from qkvjax import registry  # pylint: disable=g-import-not-at-top
+  return config_lib.apply_overrides(registry.load_config("specialization"), overrides or {})
 
 
 def _trainer(cfg, metric_fns=()):

@@ -34,7 +34,11 @@ import json, time
 import jax
 t0 = time.perf_counter()
 from qkvjax import config as config_lib, train
-cfg = config_lib.load_config("specialization")
+try:
+  from qkvjax import registry  # configs by name; the baseline had them in config
+except ImportError:
+  registry = config_lib
+cfg = registry.load_config("specialization")
 if hasattr(train, "make_trainer"):  # the pytree baseline
   trainer = train.make_trainer(cfg)
   measure = lambda s: trainer.measure(s)

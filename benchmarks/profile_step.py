@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import optax
 
 from qkvjax import config as config_lib
+from qkvjax import registry
 from qkvjax import tasks
 from qkvjax import train
 
@@ -117,7 +118,7 @@ def main():
   parser.add_argument("--workload", default="headline", choices=list(WORKLOADS))
   parser.add_argument("--trace", action="store_true")
   args = parser.parse_args()
-  cfg = config_lib.apply_overrides(config_lib.load_config("specialization"),
+  cfg = config_lib.apply_overrides(registry.load_config("specialization"),
                                    WORKLOADS[args.workload])
   trainer = train.Trainer(cfg, tasks.make("selection", cfg))
   n = cfg.log_every

@@ -27,8 +27,9 @@ sys.path.insert(0, os.getcwd())
 variant, overrides = sys.argv[1], json.loads(sys.argv[2])
 import jax, jax.numpy as jnp, numpy as np, optax
 from qkvjax import config as config_lib, tasks, train
+from qkvjax import registry
 from benchmarks import step_variants
-cfg = config_lib.apply_overrides(config_lib.load_config("specialization"), overrides)
+cfg = config_lib.apply_overrides(registry.load_config("specialization"), overrides)
 step_variants.apply(variant)
 trainer = train.Trainer(cfg, tasks.make("selection", cfg))
 state = trainer.init_states()

@@ -18,19 +18,8 @@ import ml_collections
 
 from qkvjax.errors import ConfigError  # pylint: disable=g-bad-import-order
 
-
-# ---- experiments by name: qkvjax.registry (the framework), not here ---------------
-_MOVED = ("available_experiments", "variants", "load_config", "from_saved")
-
-
-def __getattr__(name: str):
-  # Compatibility for callers of config_lib.load_config & co.
-  # (qkvjax/studies/claims.py, tests, benchmarks): loading configs/NAME.py is
-  # the framework's job, qkvjax.registry.
-  if name in _MOVED:
-    from qkvjax import registry  # pylint: disable=g-import-not-at-top
-    return getattr(registry, name)
-  raise AttributeError(f"module 'qkvjax.config' has no attribute {name!r}")
+# Configs by experiment name (configs/NAME.py) are the framework's:
+# qkvjax.registry.
 
 
 def model_config(**overrides) -> ml_collections.ConfigDict:

@@ -21,12 +21,12 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
   sys.path.insert(0, str(ROOT))
 
-from qkvjax import config as config_lib  # pylint: disable=wrong-import-position
+from qkvjax import registry
 
 
 def tiny_config(**overrides):
   """The specialization config shrunk to compile and run in seconds."""
-  c = config_lib.load_config("specialization")
+  c = registry.load_config("specialization")
   c.num_seeds = 2
   c.steps = 6
   c.log_every = 3

@@ -3,11 +3,12 @@
 import pytest
 
 from qkvjax import config as config_lib
+from qkvjax import registry
 from qkvjax.config import ConfigError
 
 
 def _cfg():
-  c = config_lib.load_config("specialization")
+  c = registry.load_config("specialization")
   c.d_heads = (8, 32)
   c.names = ("a", "b")
   c.rates = (1e-3, 1e-2)
@@ -52,5 +53,5 @@ def test_view_replaces_fields_without_touching_the_config():
 
 
 def test_every_experiment_config_loads():
-  for name in config_lib.available_experiments():
-    assert config_lib.load_config(name) is not None
+  for name in registry.available_experiments():
+    assert registry.load_config(name) is not None

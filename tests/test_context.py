@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from experiments import run as run_cli
-from qkvjax import config as config_lib
+from qkvjax import registry
 from qkvjax import metrics
 from qkvjax import models
 from qkvjax.studies import context as study
@@ -26,7 +26,7 @@ TINY = ["--config.num_seeds=2", "--config.steps=4", "--config.log_every=2",
 
 
 def tiny_context_config(**model):
-  c = config_lib.load_config("context")
+  c = registry.load_config("context")
   c.task.n_ambiguous, c.task.n_cues, c.task.n_neutral = 3, 4, 4
   c.task.seq_len, c.task.min_pos = 6, 2
   c.model.update(dict(d_model=16, n_heads=2, d_head=8, d_mlp=16, n_layers=2, **model))

@@ -12,6 +12,7 @@ from flax import nnx
 
 from experiments import run as run_cli
 from qkvjax import config as config_lib
+from qkvjax import registry
 from qkvjax import metrics
 from qkvjax import models
 from qkvjax import study
@@ -101,7 +102,7 @@ def test_separation_index_closed_forms():
 
 
 def test_conditions_follow_the_head_budget():
-  cfg = config_lib.load_config("heads")
+  cfg = registry.load_config("heads")
   assert heads.conditions(cfg)["4 heads"] == {"model.n_heads": 4, "model.d_head": 8}
   assert heads.conditions(cfg)["1 head"] == {"model.n_heads": 1, "model.d_head": 32}
   cfg.head_budget = "per_head"
@@ -118,7 +119,7 @@ def test_conditions_follow_the_head_budget():
     ({"eval_batch_size": 0}, "config.eval_batch_size=0 is out of range"),
 ])
 def test_bad_config_is_a_one_line_config_error(tmp_path, override, expected):
-  cfg = config_lib.apply_overrides(config_lib.load_config("heads"), override)
+  cfg = config_lib.apply_overrides(registry.load_config("heads"), override)
   with pytest.raises(config_lib.ConfigError, match=expected.replace("(", r"\(").replace(
       ")", r"\)")) as err:
     study.check(heads.STUDY, cfg, tmp_path / "results")

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from qkvjax import config as config_lib
+from qkvjax import registry
 from qkvjax import runner
 from qkvjax import study as study_lib
 from qkvjax import train
@@ -33,7 +34,7 @@ LAPACK = re.compile(r"custom_call[^\n]*(lapack|eig|svd|geqrf|potrf|getrf|syevd|g
 
 def _training_studies():
   out = []
-  for exp in config_lib.available_experiments():
+  for exp in registry.available_experiments():
     try:
       out.append(study_lib.study_of(exp))
     except config_lib.ConfigError:
@@ -44,7 +45,7 @@ def _training_studies():
 def _lowered_texts(study):
   """The init, measurement and one training chunk of each of the study's
   programs at its default config, as StableHLO text."""
-  config = config_lib.load_config(study.name)
+  config = registry.load_config(study.name)
   programs = runner.plan(study, [config])
   built = runner.build_tasks(programs)
   for p in programs[:2]:  # further programs differ only in sizes and flags

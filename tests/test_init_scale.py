@@ -4,7 +4,7 @@ figures come from the saved run."""
 import json
 
 from experiments import run as run_cli
-from qkvjax import config as config_lib
+from qkvjax import registry
 from qkvjax import study
 from qkvjax.studies import init_scale
 from tests.conftest import tiny_config
@@ -40,4 +40,4 @@ def test_bad_scales_are_rejected(tmp_path, capsys):
     assert run_cli.main(["run", "--exp=init_scale", f"--results_dir={tmp_path}", bad]) == 2
     assert capsys.readouterr().err.count("\n") == 1
   assert not (tmp_path / "init_scale").exists()
-  assert config_lib.load_config("init_scale").scales == (0.1, 0.3, 1.0, 3.0)
+  assert registry.load_config("init_scale").scales == (0.1, 0.3, 1.0, 3.0)

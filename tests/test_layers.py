@@ -12,9 +12,6 @@ PACKAGE = ROOT / "qkvjax"
 # every other module of qkvjax is library.
 ABOVE_LIBRARY = {"qkvjax.registry", "qkvjax.study", "qkvjax.runner", "qkvjax.sweep",
                  "qkvjax.report", "qkvjax.plotting"}
-# Compatibility names, not dependencies: qkvjax.config.load_config & co.
-# forward to qkvjax.registry for callers not yet moved (qkvjax/studies/claims.py).
-COMPATIBILITY = {("qkvjax.config", "qkvjax.registry")}
 
 
 def _module_name(path: pathlib.Path) -> str:
@@ -48,7 +45,7 @@ def graph() -> dict[str, set[str]]:
     for imported in _imports(path):
       while imported and imported not in modules:  # a name inside a module
         imported = imported.rpartition(".")[0]
-      if imported and imported != name and (name, imported) not in COMPATIBILITY:
+      if imported and imported != name:
         targets.add(imported)
     edges[name] = targets
   return edges
@@ -108,7 +105,7 @@ def test_library_modules_import_neither_configs_nor_the_entry_point():
       continue
     for imported in _imports(path):
       top = imported.split(".")[0]
-      if top in ("configs", "experiments") and (name, "qkvjax.registry") not in COMPATIBILITY:
+      if top in ("configs", "experiments"):
         bad.append(f"{name} imports {imported}")
   assert not bad, bad
 

@@ -13,7 +13,7 @@ from flax import nnx
 
 from experiments import run as run_cli
 from qkvjax import bibliography
-from qkvjax import config as config_lib
+from qkvjax import registry
 from qkvjax import metrics
 from qkvjax import models
 from qkvjax import stats
@@ -90,7 +90,7 @@ def test_without_skips_uniform_attention_collapses_the_tokens_in_one_block():
 
 
 def test_conditions_fold_the_residual_scale_per_depth():
-  cfg = config_lib.load_config("residual")
+  cfg = registry.load_config("residual")
   cfg.depths = (4, 1)
   progs = study.programs(residual.STUDY, cfg)
   assert [p.conditions for p in progs] == [
@@ -161,4 +161,4 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, arg, expecte
 
 
 def test_default_config_is_valid(tmp_path):
-  study.check(residual.STUDY, config_lib.load_config("residual"), tmp_path)
+  study.check(residual.STUDY, registry.load_config("residual"), tmp_path)

@@ -13,6 +13,7 @@ from experiments import run as run_cli
 from qkvjax import attention
 from qkvjax import bibliography
 from qkvjax import config as config_lib
+from qkvjax import registry
 from qkvjax import metrics
 from qkvjax import models
 from qkvjax import stats
@@ -26,7 +27,7 @@ D_KS = (8, 32, 128)
 
 def small_config(**overrides):
   """The scaling config shrunk (a tiny task, batch 8, 2 seeds), then ``overrides``."""
-  c = config_lib.load_config("scaling")
+  c = registry.load_config("scaling")
   c.num_seeds, c.init_seeds, c.steps, c.log_every, c.batch_size = 2, 4, 3, 3, 8
   c.task.n_categories, c.task.nouns_per_category, c.task.n_details = 4, 3, 4
   c.task.n_slots = 3
@@ -174,4 +175,4 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, arg, expecte
 
 
 def test_default_config_is_valid(tmp_path):
-  study.check(scaling.STUDY, config_lib.load_config("scaling"), tmp_path)
+  study.check(scaling.STUDY, registry.load_config("scaling"), tmp_path)

@@ -12,6 +12,7 @@ import qkvjax
 from experiments import run as run_cli
 from qkvjax import checkpoints
 from qkvjax import config as config_lib
+from qkvjax import registry
 from qkvjax import results
 from qkvjax import runner
 from qkvjax import sweep
@@ -25,7 +26,7 @@ TINY = ["--config.num_seeds=2", "--config.steps=4", "--config.log_every=2",
 
 
 def test_grid_and_folding():
-  cfg = config_lib.load_config("specialization")
+  cfg = registry.load_config("specialization")
   grid = sweep.parse(cfg, {"optim.learning_rate": "1e-3,3e-3", "model.n_heads": "2,4"})
   assert grid == {"optim.learning_rate": (1e-3, 3e-3), "model.n_heads": (2, 4)}
   points = sweep.points(grid)
@@ -174,7 +175,7 @@ def _abstract(run_dir):
   """The abstract train state of a tiny specialization run's one program."""
   from qkvjax import tasks, train  # pylint: disable=g-import-not-at-top
   saved = results.read_json(run_dir / "config.json")
-  cfg = config_lib.from_saved("specialization", saved["config"])
+  cfg = registry.from_saved("specialization", saved["config"])
   trainer = train.Trainer(cfg, tasks.make("selection", cfg), [{}], (),
                           specialization.STUDY.model_fn)
   return jax.eval_shape(trainer.init, jax.ShapeDtypeStruct((trainer.padded_runs, 2), np.uint32),

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from experiments import run as run_cli
-from qkvjax import config as config_lib
+from qkvjax import registry
 from qkvjax import results
 from qkvjax import study
 from qkvjax import tasks
@@ -80,7 +80,7 @@ def test_the_unigram_baseline_is_the_loss_of_token_frequencies():
 
 
 def test_conditions_are_two_programs_with_their_own_task_and_mask():
-  cfg = config_lib.load_config("symmetry")
+  cfg = registry.load_config("symmetry")
   progs = study.programs(symmetry.STUDY, cfg)
   assert sorted((p.task, p.config.model.causal) for p in progs) == [
       ("causal_text", True), ("masked_text", False)]

@@ -11,6 +11,7 @@ from flax import nnx
 
 from experiments import run as run_cli
 from qkvjax import config as config_lib
+from qkvjax import registry
 from qkvjax import models
 from qkvjax import results
 from qkvjax import study
@@ -68,7 +69,7 @@ def test_tied_scores_are_a_gram_matrix_so_a_token_outscores_equal_norm_keys():
 def _fake_run(tmp_path, per_condition, steps=500, log_every=10):
   """A saved run whose per-seed reach step, final accuracy and final
   self-attention are given per ``task/mode``."""
-  cfg = config_lib.load_config("tied")
+  cfg = registry.load_config("tied")
   cfg.conditions, cfg.steps, cfg.log_every = ("none", "qk"), steps, log_every
   cfg.num_seeds = len(next(iter(per_condition.values()))[0])
   run_dir = tmp_path / "tied" / "r1"
@@ -127,7 +128,7 @@ def test_steps_to_threshold_counts_never_reached_as_steps_plus_log_every(tmp_pat
     ({"acc_margin": -0.1}, "config.acc_margin=-0.1 is out of range"),
 ])
 def test_bad_config_is_a_one_line_config_error(tmp_path, override, expected):
-  cfg = config_lib.apply_overrides(config_lib.load_config("tied"), override)
+  cfg = config_lib.apply_overrides(registry.load_config("tied"), override)
   with pytest.raises(config_lib.ConfigError, match=expected.replace("(", r"\(").replace(
       ")", r"\)")) as err:
     study.check(tied.STUDY, cfg, tmp_path / "results")

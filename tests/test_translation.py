@@ -13,6 +13,7 @@ from flax import nnx
 
 from experiments import run as run_cli
 from qkvjax import config as config_lib
+from qkvjax import registry
 from qkvjax import models
 from qkvjax import results
 from qkvjax import study
@@ -25,7 +26,7 @@ SMALL_DATA = dict(min_word_len=3, max_word_len=8, n_train=40, n_heldout=16,
 
 def tiny_translation_config(**overrides):
   """The translation config shrunk to compile and run in seconds."""
-  c = config_lib.load_config("translation")
+  c = registry.load_config("translation")
   c.num_seeds, c.steps, c.log_every, c.batch_size = 2, 4, 2, 8
   c.data.n_train, c.data.n_heldout, c.data.n_samples = 40, 16, 2
   c.model.update(dict(d_model=16, n_heads=2, d_head=8, enc_layers=1, dec_layers=1, d_mlp=32))

@@ -20,6 +20,6 @@ from qkvjax.models.validate import validate_model
 
 __all__ = [
     "AttentionTrace", "Block", "Captured", "EncoderDecoder", "Hyper",
-    "MultiHeadAttention", "Transformer", "apply", "capture_names", "hyper",
+    "MultiHeadAttention", "Transformer", "validate_model", "apply", "capture_names", "hyper",
     "site_name", "value_of",
 ]

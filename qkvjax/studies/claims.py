@@ -15,6 +15,7 @@ import pathlib
 from typing import Any
 
 from qkvjax import config as config_lib
+from qkvjax import registry
 from qkvjax import report
 from qkvjax import results
 from qkvjax import stats
@@ -25,7 +26,7 @@ NOT_CLAIMS = ("claims", "figures", "pretrained")  # pretrained: analyses a given
 
 
 def experiment_names(config) -> list[str]:
-  accepted = [n for n in config_lib.available_experiments() if n not in NOT_CLAIMS]
+  accepted = [n for n in registry.available_experiments() if n not in NOT_CLAIMS]
   return list(config_lib.require_values(
       config, "experiments", lambda n: n in accepted,
       f"distinct comma-separated names from {', '.join(accepted)}"))
@@ -37,7 +38,7 @@ def _study(name: str) -> study_lib.Study:
 
 def check(config, results_dir) -> None:
   for name in experiment_names(config):
-    study_lib.check(_study(name), config_lib.load_config(name), results_dir)
+    study_lib.check(_study(name), registry.load_config(name), results_dir)
   results.check_writable(results_dir, "claims")
 
 
@@ -50,7 +51,7 @@ def run(config, results_dir, progress: bool = True) -> pathlib.Path:
   runs = {}
   for name in names:
     print(f"== {name}", flush=True)
-    runs[name] = str(study_lib.run(_study(name), config_lib.load_config(name), results_dir,
+    runs[name] = str(study_lib.run(_study(name), registry.load_config(name), results_dir,
                                    progress=progress))
     results.write_json(run_dir / "runs.json", runs)  # progress survives a crash
   results.write_json(run_dir / "config.json", {**saved, "status": "complete"})
