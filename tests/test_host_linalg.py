@@ -79,7 +79,7 @@ def test_folded_sweep_measurement_finishes_with_12_runs_per_device():
   devices = max(2, os.cpu_count() or 1)
   script = (
       "import jax\n"
-      "from qkvjax import config as C, tasks, train\n"
+      "from qkvjax import registry as C, tasks, train\n"
       "from qkvjax.metrics.circuits import qk_structure\n"
       "from qkvjax.studies import specialization as S\n"
       "cfg = C.load_config('specialization')\n"

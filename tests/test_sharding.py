@@ -69,7 +69,7 @@ def test_every_metric_of_the_headline_measures_on_one_device_per_core():
   spectra are finished on the host. A hang fails here instead of hanging CI."""
   script = (
       "import jax\n"
-      "from qkvjax import config as C, tasks, train\n"
+      "from qkvjax import registry as C, tasks, train\n"
       "from qkvjax.studies import specialization\n"
       "cfg = C.load_config('specialization')\n"
       "t = train.Trainer(cfg, tasks.make('selection', cfg), metrics=specialization.STUDY.metrics)\n"
