@@ -14,6 +14,7 @@ import pytest
 from flax import nnx
 
 from qkvjax import config as config_lib
+from qkvjax import metrics
 from qkvjax import models
 from qkvjax.metrics import induction as ind
 from qkvjax.tasks import induction as task_lib
@@ -151,9 +152,8 @@ def _scores(model, task):
   logits, _ = models.apply(model, batch.tokens_BxT)
   kinds = {k: float(v) for k, v in ind.position_kind_scores(logits, batch).items()}
   circ = {k: float(v) for k, v in ind.circuit_scores(model).items()}
-  copy = {s: ind._copying_finish({s: np.asarray(x)[None]})  # pylint: disable=protected-access
-          for s, x in ind._copying_collect(  # pylint: disable=protected-access
-              type("M", (), {"model": model})).items()}
+  copy = {s: metrics.ov_copying.finish({s: np.asarray(x)[None]})
+          for s, x in metrics.ov_copying.collect(type("M", (), {"model": model})).items()}
   return prev, prefix, kinds, circ, copy
 
 
@@ -183,7 +183,7 @@ def test_hand_built_induction_head_scores_near_one():
   assert circ["q_comp/L0H0/L1H0"] < 0.01 and circ["v_comp/L0H0/L1H0"] < 0.01
   assert circ["recall/previous_position"] == 1 and circ["recall/token"] == 1
   assert circ["recall/copy"] == 1
-  np.testing.assert_allclose(copy["L1"]["copying/L1/H0"], 1, atol=1e-6)
+  np.testing.assert_allclose(copy["L1/H0"]["ov_copying/L1/H0"], 1, atol=1e-6)
 
 
 def test_random_weights_score_at_the_baseline():
@@ -199,7 +199,7 @@ def test_random_weights_score_at_the_baseline():
   base = ind.composition_baseline(m, d)
   for kind in "qkv":
     assert abs(circ[f"{kind}_comp/L0H0/L1H0"] - base) < 0.5 * base
-  assert abs(copy["L1"]["copying/L1/H0"][0] - ind.copying_baseline(16, m, d)) < 0.5
+  assert abs(copy["L1/H0"]["ov_copying/L1/H0"][0] - ind.copying_baseline(16, m, d)) < 0.5
 
 
 def test_composition_scores_against_closed_forms():
@@ -214,7 +214,7 @@ def test_composition_scores_against_closed_forms():
   np.testing.assert_allclose(c["k"], 0.5, atol=1e-6)   # ||I|| / ||I||^2 = 1/2
   # Random Gaussian d x d: E score^2 = 1/d, so the baseline is near 1/sqrt(d).
   assert abs(ind.composition_baseline(64, 64) - 1 / 8) < 0.02
-  np.testing.assert_allclose(ind.copying_score(np.stack([eye, -eye])), [1, -1])
+  np.testing.assert_allclose(metrics.copying_from_matrices(np.stack([eye, -eye])), [1, -1])
 
 
 def test_curve_analysis_finds_the_drop_and_its_sharpness():
@@ -250,7 +250,7 @@ def test_end_to_end_tiny(tmp_path):
   assert len(summary["claims"]) == 15 and len(summary["drop_step"]) == 2
   final = summary["final"]["main"]
   for key in ("eval/loss/repeat", "prefix_matching/L1/H0", "k_comp/L0H0/L1H0",
-              "copying/L1/H0", "recall/token", "symmetry/L0"):
+              "ov_copying/L1/H0", "recall/token", "symmetry/L0"):
     assert key in final
   assert "k_comp/L0H0/L1H0" not in summary["final"]["one_layer"]
   for f in ("phase_change.png", "heads.png", "composition.png", "attention.png"):

@@ -12,10 +12,8 @@ are left out, as in Elhage et al.
 - ``composition``: Q-, K- and V-composition between an earlier head's OV
   circuit and a later head (Elhage et al.); ``composition_baseline`` the same
   score for random matrices of the same shapes;
-- ``copying_matrix`` / ``copying_score``: the OV circuit's eigenvalues through
-  embedding and unembedding, sum(lambda) / sum(|lambda|) (Elhage et al.),
-  finished on the host (``copying`` is a ``HostMetric``: no LAPACK call runs
-  inside a program sharded over CPU devices);
+- ``copying_baseline``: the OV copying score (``metrics.circuits.ov_copying``,
+  logged by the study: eigenvalues on the host) of random matrices;
 - ``positional_recall``, ``token_recall``, ``copy_recall``: Bietti et al.'s
   memory-recall probes of layer 1's W_K (previous position), layer 2's W_K
   through layer 1's W_O W_V (token) and layer 2's W_O through the
@@ -34,8 +32,7 @@ import numpy as np
 import optax
 
 from qkvjax import models
-from qkvjax.metrics.circuits import attention_modules
-from qkvjax.metrics.host import HostMetric
+from qkvjax.metrics.circuits import attention_modules, copying_from_matrices
 from qkvjax.tasks import induction as induction_task
 
 PROBE_KEY = 30_000  # the repeated probe of a run is drawn from PRNGKey(PROBE_KEY + seed)
@@ -104,27 +101,16 @@ def composition_baseline(d_model: int, d_head: int, draws: int = 200, seed: int 
   return float(np.mean(out))
 
 
-def copying_matrix(w_e_VxM, w_v_MxD, w_o_DxM, w_u_MxV):
-  """The D x D matrix W_O W_U W_E W_V whose nonzero eigenvalues are those of
-  the OV circuit through embedding and unembedding, W_E W_V W_O W_U [V, V]."""
-  return w_o_DxM @ w_u_MxV @ w_e_VxM @ w_v_MxD
-
-
-def copying_score(matrix_NxDxD: np.ndarray) -> np.ndarray:
-  """sum(Re lambda) / sum(|lambda|) of each matrix (numpy, host): 1 for a
-  head that copies, about 0 for a random one, -1 for one that suppresses."""
-  lam = np.linalg.eigvals(np.asarray(matrix_NxDxD, np.float64))
-  return lam.real.sum(-1) / (np.abs(lam).sum(-1) + 1e-12)
-
-
 def copying_baseline(vocab: int, d_model: int, d_head: int, draws: int = 200,
                      seed: int = 0) -> float:
   """Mean copying score of Gaussian W_E, W_V, W_O, W_U of these shapes."""
   rng = np.random.default_rng(seed)
   g = lambda *s: rng.standard_normal(s)
-  mats = np.stack([copying_matrix(g(vocab, d_model), g(d_model, d_head), g(d_head, d_model),
-                                  g(d_model, vocab)) for _ in range(draws)])
-  return float(np.mean(copying_score(mats)))
+  def ov(w_e, w_v, w_o, w_u):  # the D x D matrix with the OV circuit's nonzero eigenvalues
+    return w_o @ w_u @ w_e @ w_v
+  mats = np.stack([ov(g(vocab, d_model), g(d_model, d_head), g(d_head, d_model),
+                      g(d_model, vocab)) for _ in range(draws)])
+  return float(np.mean(copying_from_matrices(mats)))
 
 
 # ---- Bietti et al.'s memory-recall probes ---------------------------------------------
@@ -242,30 +228,6 @@ def induction_metrics(eval_size: int, probe_size: int) -> Callable:
     return out
 
   return fn
-
-
-def _copying_collect(m) -> dict[str, jax.Array]:
-  model = m.model
-  w_e, w_u = model.embedding_matrix, model.unembedding_matrix
-  out = {}
-  for site, attn in heads(model):
-    w_v, w_o = attn.matrix("value"), attn.out[...]
-    out[site] = jnp.stack([copying_matrix(w_e, w_v[:, h], w_o[h], w_u)
-                           for h in range(attn.n_heads)])
-  return out
-
-
-def _copying_finish(collected: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  out = {}
-  for site, mats_RxHxDxD in collected.items():
-    scores_RxH = copying_score(mats_RxHxDxD)
-    for h in range(scores_RxH.shape[1]):
-      out[f"copying/{site}/H{h}"] = scores_RxH[:, h]
-  return out
-
-
-# Copying score of every head (``copying/L1/H0``): eigenvalues on the host.
-copying = HostMetric(_copying_collect, _copying_finish)
 
 
 # ---- training curves of a saved run (numpy) -------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from qkvjax import config as config_lib
+from qkvjax import metrics
 from qkvjax import report
 from qkvjax import stats
 from qkvjax import study
@@ -97,7 +98,7 @@ def claims(run) -> list[Claim]:
       Claim("the induction head's OV circuit copies", Q_COPY, "elhage2021",
             "2-layer, final: sum(λ)/sum(|λ|) of W_U W_O W_V W_E of the best prefix-matching "
             f"head minus random matrices' ({b['copying']:.3f}); SESOI 0.2",
-            lambda r: np.array([r.final(f"copying/L1/H{h}", condition="main")[s] for s, h in
+            lambda r: np.array([r.final(f"ov_copying/L1/H{h}", condition="main")[s] for s, h in
                                 enumerate(best(r, "prefix_matching", "L1", "main")[1])])
             - b["copying"], stats.Greater(0.0, 0.2))]
   for late, early in (("previous_position", "token"), ("token", "copy")):
@@ -184,6 +185,6 @@ def validate(config) -> None:
 STUDY = study.Study(
     name="induction", title="qkvjax: induction heads — Q, K and V specialize into a circuit",
     task="induction", conditions=conditions,
-    metrics=(ind.induction_metrics(64, 16), ind.copying), claims=claims, figures=figures,
+    metrics=(ind.induction_metrics(64, 16), metrics.ov_copying), claims=claims, figures=figures,
     describe=describe, sections=sections, validate=validate, samples=ana.samples,
     summary=ana.summary, compile_options=train.FAST_COMPILE)

@@ -140,7 +140,7 @@ def phase_figure(run):
 def heads_figure(run):
   """Per condition (rows) the seed-mean final score of each layer and head."""
   metrics = {"previous_token": ("previous token", "Blues", 1), "prefix_matching":
-             ("prefix matching", "Blues", 1), "copying": ("copying Σλ/Σ|λ|", "RdBu_r", -1)}
+             ("prefix matching", "Blues", 1), "ov_copying": ("copying Σλ/Σ|λ|", "RdBu_r", -1)}
   conds = list(run.conditions)
   fig, axes = plt.subplots(len(conds), 3, figsize=(9, 1.6 + 1.4 * len(conds)), squeeze=False)
   for i, cond in enumerate(conds):
@@ -240,7 +240,7 @@ def paper_rows(run) -> list[list]:
        "composes with a previous-token head", f"K {_cell(comp(run, 'k'))}, Q "
        f"{_cell(comp(run, 'q'))}, V {_cell(comp(run, 'v'))}; random {b['composition']:.3f}"],
       ["copying (Σλ/Σ|λ| of the OV circuit)", "Elhage et al.: positive for induction heads",
-       f"{_cell(np.array([run.final(f'copying/L1/H{h}', condition='main')[s] for s, h in enumerate(best(run, 'prefix_matching', 'L1', 'main')[1])]))}; "
+       f"{_cell(np.array([run.final(f'ov_copying/L1/H{h}', condition='main')[s] for s, h in enumerate(best(run, 'prefix_matching', 'L1', 'main')[1])]))}; "
        f"random {b['copying']:.3f}"],
       ["order of the memory-recall probes", "Bietti et al.: top-down (W_O² copy, then W_K² "
        "token, then W_K¹ previous position)", "; ".join(
