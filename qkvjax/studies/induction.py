@@ -21,6 +21,7 @@ from qkvjax import train
 from qkvjax.metrics import induction as ind
 from qkvjax.models.transformer import POSITIONS
 from qkvjax.studies import induction_analysis as ana
+from qkvjax.studies import induction_figures as figs
 from qkvjax.studies.induction_analysis import baselines, best, comp, drop, formed, gain, rise
 from qkvjax.studies.tied import QUOTE_INDEPENDENT
 from qkvjax.study import Claim, Figure
@@ -121,11 +122,11 @@ def claims(run) -> list[Claim]:
 
 
 def figures(run) -> list[Figure]:
-  return [Figure("The phase change, every seed", "phase_change", ana.phase_figure),
-          Figure("Per-head scores at the end", "heads", ana.heads_figure),
+  return [Figure("The phase change, every seed", "phase_change", figs.phase_figure),
+          Figure("Per-head scores at the end", "heads", figs.heads_figure),
           Figure("Composition of layer-1 and layer-2 heads", "composition",
-                 ana.composition_figure),
-          Figure("Attention on a repeated random sequence", "attention", ana.attention_figure)]
+                 figs.composition_figure),
+          Figure("Attention on a repeated random sequence", "attention", figs.attention_figure)]
 
 
 def sections(run, summary) -> list[str]:
