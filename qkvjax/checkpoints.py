@@ -170,6 +170,15 @@ def _remove_partial(path: pathlib.Path) -> None:
       shutil.rmtree(tmp, ignore_errors=True)
 
 
+def last_step_on_disk(run_dir) -> int | None:
+  """The latest step any program of a run directory saved, from the
+  directory names alone (no Orbax: cheap enough for a signal handler); None
+  if none. Orbax's temporary directories do not count."""
+  found = [int(p.name) for p in (pathlib.Path(run_dir) / "checkpoints").glob("*/*")
+           if p.is_dir() and p.name.isdigit()]
+  return max(found) if found else None
+
+
 def steps(run_dir, conditions: Sequence[str]) -> list[int]:
   """The saved steps, oldest first ([] if none)."""
   path = directory(run_dir, conditions)

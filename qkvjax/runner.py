@@ -196,14 +196,6 @@ def _sync_sweep(target: pathlib.Path, units: Sequence[Unit]) -> None:
         u.dir / "config.json").get("status", "running") for u in units})
 
 
-def last_checkpoint_step(unit_dir: pathlib.Path) -> int | None:
-  """The latest step any program of a run directory saved, from the file
-  names alone (cheap enough for a signal handler); None if none."""
-  found = [int(p.name) for p in (unit_dir / "checkpoints").glob("*/*")
-           if p.is_dir() and p.name.isdigit()]
-  return max(found) if found else None
-
-
 def _interrupt_note(units: Sequence[Unit], target: pathlib.Path):
   def note(signal_name: str) -> None:
     for u in units:
@@ -211,7 +203,8 @@ def _interrupt_note(units: Sequence[Unit], target: pathlib.Path):
           u.dir / "config.json").get("status") != "complete":
         set_status(u.dir, "interrupted")
     _sync_sweep(target, units)
-    saved = [s for s in (last_checkpoint_step(u.dir) for u in units) if s is not None]
+    saved = [s for s in (checkpoints.last_step_on_disk(u.dir) for u in units)
+             if s is not None]
     kept = (f"and its last checkpoint (step {max(saved)})" if saved else
             "and no checkpoint yet, so a resume starts from step 0")
     print(f"\ninterrupted ({signal_name}): {target} keeps its config, every logging point "
