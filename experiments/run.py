@@ -179,10 +179,11 @@ def main(argv: list[str]) -> int:
   return _report(out)
 
 
-# Path flags and path-valued config fields: resolved once, here, against the
-# current directory, so every layer below (Orbax among them, which refuses
-# relative paths) sees an absolute path, and config.json records it.
-PATH_FIELDS = ("run_dir", "checkpoint")
+# Run directories (--results_dir, --resume, --config.run_dir) are resolved by
+# qkvjax.rundir.RunDir, once. Other paths are resolved here, against the
+# current directory: the compilation cache, and a checkpoint to analyse, which
+# config.json records.
+PATH_FIELDS = ("checkpoint",)
 
 
 def _resolve_paths(overrides: dict[str, str]) -> None:
@@ -195,12 +196,13 @@ def _resolve_paths(overrides: dict[str, str]) -> None:
     if not value.strip():
       raise config_lib.ConfigError(f"--{name}={value!r} is empty; accepted: a directory path"
                                    + (" or 'off'" if name == "compilation_cache" else ""))
-    FLAGS[name].value = str(pathlib.Path(value).expanduser().absolute())
+    if name == "compilation_cache":
+      FLAGS[name].value = str(pathlib.Path(value).expanduser().absolute())
   for field in PATH_FIELDS:
     value = overrides.get(field)
     # A checkpoint may also name an installed package or a hub id: only an
     # existing relative path is made absolute.
-    if value and (field == "run_dir" or pathlib.Path(value).expanduser().exists()):
+    if value and pathlib.Path(value).expanduser().exists():
       overrides[field] = str(pathlib.Path(value).expanduser().absolute())
 
 

@@ -18,6 +18,7 @@ from qkvjax import config as config_lib
 from qkvjax import registry
 from qkvjax import report
 from qkvjax import results
+from qkvjax import rundir
 from qkvjax import stats
 from qkvjax import study as study_lib
 from qkvjax import train
@@ -44,7 +45,7 @@ def check(config, results_dir) -> None:
 
 def run(config, results_dir, progress: bool = True) -> pathlib.Path:
   names = experiment_names(config)
-  run_dir = results.new_run_dir(results_dir, "claims")
+  run_dir = rundir.RunDir.create(results_dir, "claims").path
   saved = {"experiment": "claims", "config": config.to_dict(), "status": "running",
            **results.provenance(train.run_mesh())}
   results.write_json(run_dir / "config.json", saved)
