@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from qkvjax import results
+from qkvjax.attention import QKV
 
-QKV = ("query", "key", "value")
 PAIRS = (("query", "key"), ("query", "value"), ("key", "value"))
 
 

@@ -25,11 +25,11 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from qkvjax import attention
 from qkvjax import config as config_lib
 from qkvjax import distributed
 from qkvjax import models
 from qkvjax.metrics.host import HostMetric
-from qkvjax.models import attention_block
 from qkvjax.tasks import Task
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -61,7 +61,7 @@ FAST_COMPILE = {"init": {"xla_backend_optimization_level": 0},
 FOLDABLE: dict[str, Callable[[ml_collections.ConfigDict, Any], float]] = {
     "model.qkv_init_scale": lambda c, v: float(v),
     "model.residual_scale": lambda c, v: float(v),
-    "model.attn_scale": lambda c, v: attention_block.resolve_scale(v, c.model.d_head),
+    "model.attn_scale": lambda c, v: attention.resolve_scale(v, c.model.d_head),
     "optim.learning_rate": lambda c, v: float(v),
     "optim.weight_decay": lambda c, v: float(v),
     "optim.b1": lambda c, v: float(v),
