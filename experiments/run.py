@@ -61,7 +61,8 @@ ACCEPTED = ("accepted: --exp=NAME, --config=tiny, --config.FIELD=VALUE, --sweep.
 
 def entry(exp: str):
   """``(check, run, study)`` of ``--exp=exp``: its ``qkvjax.studies.<exp>.STUDY``
-  run by the study framework, or the module's own ``check`` and ``run``."""
+  run by the study framework, or the own ``check`` and ``run`` of a module
+  without one (a command, ``qkvjax.commands.<exp>``)."""
   from qkvjax import config as config_lib  # pylint: disable=g-import-not-at-top
   from qkvjax import registry  # pylint: disable=g-import-not-at-top
   from qkvjax import study as study_lib  # pylint: disable=g-import-not-at-top
@@ -69,7 +70,7 @@ def entry(exp: str):
   if exp not in names:
     raise config_lib.ConfigError(
         f"unknown experiment {exp!r}; accepted: {', '.join(names)}")
-  module = importlib.import_module(f"qkvjax.studies.{exp}")
+  module = registry.experiment_module(exp)
   if hasattr(module, "STUDY"):
     return (functools.partial(study_lib.check, module.STUDY),
             functools.partial(study_lib.run, module.STUDY), module.STUDY)

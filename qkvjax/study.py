@@ -228,8 +228,7 @@ def run_sweep(study: Study, config, grid, results_dir, progress: bool = True,
 
 def study_of(exp: str) -> Study:
   """The ``STUDY`` of ``qkvjax.studies.<exp>``; ConfigError if it has none."""
-  import importlib  # pylint: disable=g-import-not-at-top
-  module = importlib.import_module(f"qkvjax.studies.{exp}")
+  module = registry.experiment_module(exp)
   if not hasattr(module, "STUDY"):
     raise config_lib.ConfigError(f"experiment {exp!r} does not train; accepted: a training "
                                  "experiment (its study module defines STUDY)")

@@ -9,7 +9,6 @@ whole table (Holm–Bonferroni), each linked to its experiment's report.
 
 from __future__ import annotations
 
-import importlib
 import os
 import pathlib
 from typing import Any
@@ -34,7 +33,7 @@ def experiment_names(config) -> list[str]:
 
 
 def _study(name: str) -> study_lib.Study:
-  return importlib.import_module(f"qkvjax.studies.{name}").STUDY
+  return study_lib.study_of(name)
 
 
 def check(config, results_dir) -> None:

@@ -10,9 +10,9 @@ interrupted run is drawn from what was logged and marked incomplete.
 from __future__ import annotations
 
 import functools
-import importlib
 import pathlib
 
+from qkvjax import registry
 from qkvjax import rundir
 from qkvjax import study as study_lib
 from qkvjax.config import ConfigError
@@ -20,7 +20,7 @@ from qkvjax.config import ConfigError
 
 def _finisher(exp):
   try:
-    module = importlib.import_module(f"qkvjax.studies.{exp}")
+    module = registry.experiment_module(exp)
   except ImportError:
     return None
   if hasattr(module, "STUDY"):
