@@ -99,7 +99,7 @@ def bench_config(cfg, repeats: int) -> dict:
   t0 = time.perf_counter()
   step_fn.lower(state).compile()
   out["compile_chunk_s"] = time.perf_counter() - t0
-  values = trainer._values()  # pylint: disable=protected-access
+  values = trainer.device_values()
   t0 = time.perf_counter()
   trainer.measure.lower(state, values).compile()
   out["compile_measure_s"] = time.perf_counter() - t0

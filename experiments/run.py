@@ -61,7 +61,8 @@ ACCEPTED = ("accepted: --exp=NAME, --config=tiny, --config.FIELD=VALUE, --sweep.
 
 def entry(exp: str):
   """``(check, run, study)`` of ``--exp=exp``: its ``qkvjax.studies.<exp>.STUDY``
-  run by the study framework, or the module's own ``check`` and ``run``."""
+  run by the study framework, or the own ``check`` and ``run`` of a module
+  without one (a command, ``qkvjax.commands.<exp>``)."""
   from qkvjax import config as config_lib  # pylint: disable=g-import-not-at-top
   from qkvjax import registry  # pylint: disable=g-import-not-at-top
   from qkvjax import study as study_lib  # pylint: disable=g-import-not-at-top
@@ -69,7 +70,7 @@ def entry(exp: str):
   if exp not in names:
     raise config_lib.ConfigError(
         f"unknown experiment {exp!r}; accepted: {', '.join(names)}")
-  module = importlib.import_module(f"qkvjax.studies.{exp}")
+  module = registry.experiment_module(exp)
   if hasattr(module, "STUDY"):
     return (functools.partial(study_lib.check, module.STUDY),
             functools.partial(study_lib.run, module.STUDY), module.STUDY)
@@ -179,10 +180,11 @@ def main(argv: list[str]) -> int:
   return _report(out)
 
 
-# Path flags and path-valued config fields: resolved once, here, against the
-# current directory, so every layer below (Orbax among them, which refuses
-# relative paths) sees an absolute path, and config.json records it.
-PATH_FIELDS = ("run_dir", "checkpoint")
+# Run directories (--results_dir, --resume, --config.run_dir) are resolved by
+# qkvjax.rundir.RunDir, once. Other paths are resolved here, against the
+# current directory: the compilation cache, and a checkpoint to analyse, which
+# config.json records.
+PATH_FIELDS = ("checkpoint",)
 
 
 def _resolve_paths(overrides: dict[str, str]) -> None:
@@ -195,12 +197,13 @@ def _resolve_paths(overrides: dict[str, str]) -> None:
     if not value.strip():
       raise config_lib.ConfigError(f"--{name}={value!r} is empty; accepted: a directory path"
                                    + (" or 'off'" if name == "compilation_cache" else ""))
-    FLAGS[name].value = str(pathlib.Path(value).expanduser().absolute())
+    if name == "compilation_cache":
+      FLAGS[name].value = str(pathlib.Path(value).expanduser().absolute())
   for field in PATH_FIELDS:
     value = overrides.get(field)
     # A checkpoint may also name an installed package or a hub id: only an
     # existing relative path is made absolute.
-    if value and (field == "run_dir" or pathlib.Path(value).expanduser().exists()):
+    if value and pathlib.Path(value).expanduser().exists():
       overrides[field] = str(pathlib.Path(value).expanduser().absolute())
 
 

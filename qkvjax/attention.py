@@ -12,9 +12,13 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-# The default scale, 1/sqrt(d_k). Pass ``scale=None`` for no scaling (a scale
-# of 1) or a number to use that number.
+# The default scale, 1/sqrt(d_k). Pass ``scale=None`` (or "none", as configs
+# spell it) for no scaling (a scale of 1) or a number to use that number.
 INV_SQRT_DK = "inv_sqrt_dk"
+NO_SCALE = "none"
+
+# The three projections, by the names the models give their parameters.
+QKV = ("query", "key", "value")
 
 
 class Attention(NamedTuple):
@@ -26,17 +30,21 @@ class Attention(NamedTuple):
 
 
 def resolve_scale(scale: float | str | None | jax.Array, d_k: int) -> float | jax.Array:
-  """Turns the ``scale`` argument into the number the scores are multiplied by
-  (an array, e.g. a per-run value traced under ``vmap``, is used as it is)."""
+  """The number the scores are multiplied by, from a ``scale`` argument or a
+  config's ``attn_scale``: ``INV_SQRT_DK``, None or ``NO_SCALE`` (1), or a
+  number (also as a string); an array, e.g. a per-run value traced under
+  ``vmap``, is used as it is. ValueError for anything else."""
   if isinstance(scale, jax.Array):
     return scale
   if scale == INV_SQRT_DK:
     return 1.0 / math.sqrt(d_k)
-  if scale is None:
+  if scale is None or scale == NO_SCALE:
     return 1.0
-  if isinstance(scale, str):
-    raise ValueError(f"scale={scale!r}: expected {INV_SQRT_DK!r}, None or a number")
-  return float(scale)
+  try:
+    return float(scale)
+  except (TypeError, ValueError):
+    raise ValueError(f"scale={scale!r}: expected {INV_SQRT_DK!r}, {NO_SCALE!r}, None or "
+                     "a number") from None
 
 
 def causal_mask(t: int, s: int | None = None) -> jax.Array:

@@ -27,6 +27,8 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
+from qkvjax import interrupts
+
 KEEP = 2
 
 
@@ -89,13 +91,15 @@ def save(run_dir, conditions: Sequence[str], step: int, state: Any) -> None:
 
 
 class _MainThreadOnly:
-  """A text stream that passes on the main thread's writes only."""
+  """A text stream that passes on the writes of the main thread and of the
+  interrupt watcher (its note, when a signal comes during a save) only."""
 
   def __init__(self, stream):
     self.stream = stream
 
   def write(self, text: str) -> int:
-    if threading.current_thread() is threading.main_thread():
+    me = threading.current_thread()
+    if me is threading.main_thread() or me.name == interrupts.WATCHER:
       return self.stream.write(text)
     return len(text)
 

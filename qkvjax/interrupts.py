@@ -23,6 +23,7 @@ _callbacks: list[Callable[[str], None]] = []
 _lock = threading.Lock()
 _installed = False
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+WATCHER = "qkvjax-interrupts"  # the watcher thread's name
 
 
 def on_interrupt(callback: Callable[[str], None]) -> Callable[[], None]:
@@ -66,6 +67,6 @@ def install() -> bool:
       signal, "pthread_sigmask"):
     return False
   signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
-  threading.Thread(target=_watch, name="qkvjax-interrupts", daemon=True).start()
+  threading.Thread(target=_watch, name=WATCHER, daemon=True).start()
   _installed = True
   return True

@@ -20,11 +20,11 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-imp
 import numpy as np  # pylint: disable=wrong-import-position
 
 from qkvjax import results  # pylint: disable=wrong-import-position
+from qkvjax.attention import QKV  # pylint: disable=wrong-import-position
 
 MATRIX_COLORS = {"query": "#1f77b4", "key": "#ff7f0e", "value": "#2ca02c",
                  "out": "#d62728"}
 MATRIX_LABELS = {"query": "$W_Q$", "key": "$W_K$", "value": "$W_V$", "out": "$W_O$"}
-QKV = ("query", "key", "value")
 
 plt.rcParams.update({
     "figure.dpi": 110, "savefig.dpi": 150, "font.size": 9, "axes.titlesize": 9,

@@ -1,5 +1,5 @@
-"""Experiments by name: ``configs/NAME.py``'s ``get_config(variant)``, and a
-saved run's config rebuilt from its ``config.json``.
+"""Experiments by name: ``configs/NAME.py``'s ``get_config(variant)``, the
+module that runs it, and a saved run's config rebuilt from its ``config.json``.
 
 The framework's end of the configs package: the library below it
 (``qkvjax.config`` among it) never imports ``configs``.
@@ -21,6 +21,17 @@ def available_experiments() -> list[str]:
   import configs  # pylint: disable=g-import-not-at-top
   return sorted(m.name for m in pkgutil.iter_modules(configs.__path__)
                 if not m.name.startswith("_"))
+
+
+def experiment_module(exp: str):
+  """The module ``--exp=exp`` runs: ``qkvjax.commands.<exp>`` for a command
+  (``claims``, ``figures``), else ``qkvjax.studies.<exp>``; ImportError if
+  neither exists."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  for package in ("qkvjax.commands", "qkvjax.studies"):
+    if importlib.util.find_spec(f"{package}.{exp}") is not None:
+      return importlib.import_module(f"{package}.{exp}")
+  raise ImportError(f"no module qkvjax.commands.{exp} or qkvjax.studies.{exp}")
 
 
 def variants(exp: str) -> tuple[str, ...]:

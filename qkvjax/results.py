@@ -1,5 +1,6 @@
-"""Results directories: unique run dirs, atomic files, provenance, metrics I/O,
-and ``Run``, a saved run as figures and claims read it."""
+"""Results files: writable results directories, atomic files, provenance,
+metrics I/O, and ``Run``, a saved run as figures and claims read it (a run
+directory itself, and what is kept in it, is ``qkvjax.rundir.RunDir``)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorstore",
 def check_writable(results_dir: str | os.PathLike, exp: str | None = None) -> pathlib.Path:
   """Fails with a ConfigError, leaving nothing behind, unless a run directory
   could be created under ``results_dir`` (and ``results_dir/exp``)."""
-  path = pathlib.Path(results_dir)
+  path = pathlib.Path(results_dir).expanduser()
   bad = lambda why: ConfigError(f"--results_dir={str(results_dir)!r} is not writable "
                                 f"({why}); accepted: a directory you can write to")
   for target in ([path / exp] if exp else []) + [path]:
@@ -43,22 +44,6 @@ def check_writable(results_dir: str | os.PathLike, exp: str | None = None) -> pa
   except OSError as e:
     raise bad(f"cannot create a directory in {probe}: {e.strerror or e}") from None
   return path
-
-
-def new_run_dir(results_dir: str | os.PathLike, exp: str) -> pathlib.Path:
-  """Creates ``results_dir/exp/<timestamp>[-n]`` (an absolute path, however
-  ``results_dir`` is given); never reuses an existing one."""
-  parent = check_writable(results_dir, exp).absolute() / exp
-  parent.mkdir(parents=True, exist_ok=True)
-  stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-  for n in range(1000):
-    run_dir = parent / (stamp if n == 0 else f"{stamp}-{n}")
-    try:
-      run_dir.mkdir()
-      return run_dir
-    except FileExistsError:
-      continue
-  raise RuntimeError(f"could not create a fresh run directory under {parent}")
 
 
 def _umask() -> int:

@@ -1,7 +1,8 @@
 """Running a study: plan programs, train them with checkpoints, resume.
 
-A *unit* is one run directory: the study's config with one sweep point
-applied (a plain run is a sweep of one point). The study's conditions of every
+A *unit* is one run directory (``qkvjax.rundir.RunDir``: its status, metrics
+file and checkpoints) with the study's config and one sweep point applied (a
+plain run is a sweep of one point). The study's conditions of every
 unit are grouped into *programs*: (unit, condition) pairs whose configs
 differ only in foldable values train in one vmapped program, in the order the
 study lists them. Each program streams its logging points to each unit's
@@ -16,23 +17,23 @@ only process 0 writes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import pathlib
 import shutil
-import sys
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import ml_collections
 import numpy as np
 
-from qkvjax import checkpoints
 from qkvjax import config as config_lib
 from qkvjax import distributed
 from qkvjax import interrupts
 from qkvjax import loggers
 from qkvjax import results
+from qkvjax import rundir
 from qkvjax import tasks
 from qkvjax import train
 from qkvjax.metrics.circuits import qk_structure
@@ -46,7 +47,7 @@ CHECKPOINT_EVERY = 10
 class Unit:
   """One run directory: the config with a sweep point applied."""
 
-  dir: pathlib.Path
+  dir: rundir.RunDir
   config: ml_collections.ConfigDict
   point: dict[str, Any]
 
@@ -165,7 +166,7 @@ def check_resources(study, programs, built, results_dir) -> None:
         f"this config needs about {need['memory'] / 2**30:.1f} GiB of memory for its "
         f"largest program and {have / 2**30:.1f} GiB is available; accepted: a smaller "
         "model, batch or seed count")
-  probe = pathlib.Path(results_dir)
+  probe = pathlib.Path(results_dir).expanduser()
   while not probe.exists():
     probe = probe.parent
   free = shutil.disk_usage(probe).free
@@ -173,67 +174,6 @@ def check_resources(study, programs, built, results_dir) -> None:
     raise config_lib.ConfigError(
         f"this config would write about {need['disk'] / 2**30:.3g} GiB of metrics and "
         f"{free / 2**30:.1f} GiB of disk is free; accepted: fewer steps or logging points")
-
-
-# ---- run directories ---------------------------------------------------------------
-def set_status(unit_dir: pathlib.Path, status: str, error: str | None = None) -> None:
-  """``status`` (and, for a failed run, ``error``: the one-line reason) in config.json."""
-  if distributed.is_writer():
-    path = unit_dir / "config.json"
-    saved = {k: v for k, v in results.read_json(path).items() if k != "error"}
-    results.write_json(path, {**saved, "status": status, **({"error": error} if error else {})})
-
-
-def resume_command(target: pathlib.Path) -> str:
-  return f"python -m experiments.run --resume={target}"
-
-
-def _sync_sweep(target: pathlib.Path, units: Sequence[Unit]) -> None:
-  """A sweep's ``sweep.json`` takes each point's status from its config.json."""
-  from qkvjax import sweep  # pylint: disable=g-import-not-at-top
-  if distributed.is_writer() and (target / "sweep.json").is_file():
-    sweep.set_point_status(target, {u.dir.name: results.read_json(
-        u.dir / "config.json").get("status", "running") for u in units})
-
-
-def _interrupt_note(units: Sequence[Unit], target: pathlib.Path):
-  def note(signal_name: str) -> None:
-    for u in units:
-      if (u.dir / "config.json").exists() and results.read_json(
-          u.dir / "config.json").get("status") != "complete":
-        set_status(u.dir, "interrupted")
-    _sync_sweep(target, units)
-    saved = [s for s in (checkpoints.last_step_on_disk(u.dir) for u in units)
-             if s is not None]
-    kept = (f"and its last checkpoint (step {max(saved)})" if saved else
-            "and no checkpoint yet, so a resume starts from step 0")
-    print(f"\ninterrupted ({signal_name}): {target} keeps its config, every logging point "
-          f"written {kept}; resume with: {resume_command(target)}", file=sys.stderr)
-  return note
-
-
-def _fail(units: Sequence[Unit], target: pathlib.Path, error: BaseException,
-          finishing: bool = False) -> results.RunError:
-  """Marks every unfinished unit (or, ``finishing``, every unit) failed with a
-  one-line reason; an unexpected error's traceback goes to
-  ``target/traceback.txt``."""
-  import traceback  # pylint: disable=g-import-not-at-top
-  if isinstance(error, (results.RunError, checkpoints.SaveError)):
-    reason = str(error)
-  else:
-    text = str(error).strip().splitlines()
-    reason = f"{type(error).__name__}: {text[0][:200] if text else ''}".rstrip(": ")
-    if distributed.is_writer():
-      results.write_atomic(target / "traceback.txt", "".join(
-          traceback.format_exception(type(error), error, error.__traceback__)))
-      reason += f" (traceback in {target / 'traceback.txt'})"
-  for u in units:
-    if (u.dir / "config.json").exists() and (finishing or results.read_json(
-        u.dir / "config.json").get("status") != "complete"):
-      set_status(u.dir, "failed", reason)
-  _sync_sweep(target, units)
-  kept = "" if isinstance(error, results.RunError) else " and keeps every logging point written"
-  return results.RunError(f"{reason}; {target} is marked failed{kept}")
 
 
 # ---- training one program ------------------------------------------------------------
@@ -249,7 +189,7 @@ def resume_step(program: Program, units: Sequence[Unit]) -> int | None:
   """The latest step every unit of the program has a checkpoint of, or None."""
   common = None
   for u in {m.unit for m in program.members}:
-    have = set(checkpoints.steps(units[u].dir, program.unit_conditions(u)))
+    have = set(units[u].dir.checkpoint_steps(program.unit_conditions(u)))
     common = have if common is None else common & have
   return max(common) if common else None
 
@@ -264,48 +204,18 @@ def restore(trainer: train.Trainer, program: Program, units: Sequence[Unit], ste
   for u, sl in slices.items():
     like = jax.tree.map(lambda x, sl=sl: jax.ShapeDtypeStruct(
         (sl.stop - sl.start,) + x.shape[1:], x.dtype), abstract)
-    parts.append(checkpoints.restore(units[u].dir, program.unit_conditions(u), step, like))
+    parts.append(units[u].dir.restore_checkpoint(program.unit_conditions(u), step, like))
   pad = trainer.padded_runs - trainer.num_runs
   host = jax.tree.map(lambda *xs: np.concatenate(
       list(xs) + ([np.repeat(xs[-1][-1:], pad, 0)] if pad else [])), *parts)
   return jax.device_put(host, trainer.sharding)
 
 
-def _save(trainer, program, units, step, state) -> None:
+def _save(program, units, step, state) -> None:
   host = distributed.gather(state)
-  if not distributed.is_writer():
-    return
   for u, sl in _member_slices(program, program.config.num_seeds).items():
-    if step not in checkpoints.steps(units[u].dir, program.unit_conditions(u)):
-      checkpoints.save(units[u].dir, program.unit_conditions(u), step,
-                       jax.tree.map(lambda x, sl=sl: x[sl], host))
-
-
-def _drop_rows_from(units, program, step: int | None) -> None:
-  """Removes the program's rows logged at or after ``step`` (all of them,
-  init rows included, when ``step`` is None)."""
-  if not distributed.is_writer():
-    return
-  for u in {m.unit for m in program.members}:
-    conds = set(program.unit_conditions(u))
-    path = units[u].dir / "metrics.jsonl"
-    if not path.exists():
-      continue
-    keep = [line for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
-            if _keep_line(line, conds, step)]
-    results.write_atomic(path, "".join(keep))
-
-
-def _keep_line(line: str, conds: set[str], step: int | None) -> bool:
-  try:
-    row = json.loads(line)
-  except json.JSONDecodeError:
-    return False  # a torn line
-  if row.get("condition") not in conds:
-    return True
-  if step is None:
-    return False
-  return row.get("phase") == "init" or row["step"] < step
+    units[u].dir.save_checkpoint(program.unit_conditions(u), step,
+                                 jax.tree.map(lambda x, sl=sl: x[sl], host))
 
 
 def train_program(study, program: Program, units: Sequence[Unit], task: tasks.Task,
@@ -347,12 +257,12 @@ def train_program(study, program: Program, units: Sequence[Unit], task: tasks.Ta
   def after_chunk(step, n, state):
     bar.update(n)
     if step < cfg.steps and (step // cfg.log_every) % every == 0:
-      _save(trainer, program, units, step, state)
+      _save(program, units, step, state)
 
   for step, metrics, final in train.train(trainer, state, start, after_chunk):
     write(step, metrics, "train")
   state = final
-  _save(trainer, program, units, step, state)
+  _save(program, units, step, state)
   if not study.samples:
     return {}
   # Samples are taken from the first process's copy of the state.
@@ -365,17 +275,27 @@ def train_program(study, program: Program, units: Sequence[Unit], task: tasks.Ta
   return out
 
 
-def execute(study, units: Sequence[Unit], finish: Callable[[pathlib.Path], None],
+def execute(study, units: Sequence[Unit], finish: Callable[[rundir.RunDir], None],
             progress: bool = True, resume: bool = False, tensorboard: bool = False,
-            target: pathlib.Path | None = None, programs: Sequence[Program] | None = None,
+            target: rundir.RunDir | None = None, programs: Sequence[Program] | None = None,
             built=None) -> None:
   """Trains every given unit and finishes each with ``finish(unit_dir)``
-  (the study's summary, figures and report)."""
+  (the study's summary, figures and report). ``target`` (the run, or the
+  sweep the units are points of) takes the interrupt note and the traceback
+  of a failure; a sweep's ``sweep.json`` follows its points' status."""
+  target = target or units[0].dir
+  try:
+    _execute(study, units, finish, progress, resume, tensorboard, target, programs, built)
+  finally:
+    target.sync_points([u.dir for u in units])
+
+
+def _execute(study, units, finish, progress, resume, tensorboard, target, programs, built):
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   programs = plan(study, [u.config for u in units]) if programs is None else programs
   built = build_tasks(programs) if built is None else built
-  target = target or units[0].dir
-  note = _interrupt_note(units, target)
+  dirs = [u.dir for u in units]
+  note = functools.partial(target.interrupted, dirs)
   remove = interrupts.on_interrupt(note)
   writers: dict[int, results.MetricsWriter] = {}
   sinks: dict[int, list] = {}
@@ -387,15 +307,16 @@ def execute(study, units: Sequence[Unit], finish: Callable[[pathlib.Path], None]
     if distributed.is_writer():
       if resume:  # before the writers open: the rewrite replaces the file
         for p, start in zip(programs, starts):
-          _drop_rows_from(units, p, start)
+          for u in {m.unit for m in p.members}:
+            units[u].dir.drop_metrics_from(p.unit_conditions(u), start)
       for i, u in enumerate(units):
-        set_status(u.dir, "running")
+        u.dir.set_status("running")
         if not resume:
-          results.write_json(u.dir / "task.json", {
+          u.dir.write_json("task.json", {
               p.task: built[_task_key(p)].tables() for p in programs
               if any(m.unit == i for m in p.members)})
-        writers[i] = results.MetricsWriter(u.dir / "metrics.jsonl")
-        sinks[i] = [loggers.TensorBoardSink(u.dir)] if tensorboard else []
+        writers[i] = u.dir.metrics_writer()
+        sinks[i] = [loggers.TensorBoardSink(u.dir.path)] if tensorboard else []
     for p, start in zip(programs, starts):
       got = train_program(study, p, units, built[_task_key(p)], writers, sinks, bar, start)
       for u, s in got.items():
@@ -416,14 +337,14 @@ def execute(study, units: Sequence[Unit], finish: Callable[[pathlib.Path], None]
         sink.close()
     remove()
   if failed is not None:
-    raise _fail(units, target, failed)
+    raise target.failed(dirs, failed)
   if not distributed.is_writer():
     return
   for i, u in enumerate(units):
     if samples.get(i):
-      results.write_json(u.dir / "samples.json", samples[i])
-    set_status(u.dir, "complete")
+      u.dir.write_json("samples.json", samples[i])
+    u.dir.set_status("complete")
     try:
       finish(u.dir)
     except Exception as e:  # pylint: disable=broad-except
-      raise _fail([u], u.dir, e, finishing=True) from None
+      raise u.dir.failed([u.dir], e, finishing=True) from None

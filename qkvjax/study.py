@@ -22,7 +22,6 @@ import jax
 import ml_collections
 import numpy as np
 
-from qkvjax import checkpoints
 from qkvjax import config as config_lib
 from qkvjax import distributed
 from qkvjax import models
@@ -30,6 +29,7 @@ from qkvjax import plotting
 from qkvjax import report
 from qkvjax import registry
 from qkvjax import results
+from qkvjax import rundir
 from qkvjax import runner
 from qkvjax import stats
 from qkvjax import tasks
@@ -177,6 +177,16 @@ def _finisher(study: Study):
   return lambda run_dir: finish(study, run_dir)
 
 
+def _new_unit(study: Study, run_dir: rundir.RunDir, config, variant: str | None,
+              **extra) -> runner.Unit:
+  """A unit whose config.json says what runs in it (process 0 writes it)."""
+  run_dir.write_json("config.json", {
+      "experiment": study.name, "variant": variant, "config": config.to_dict(),
+      "status": "running", "run_dir": str(run_dir), "conditions": study.conditions(config),
+      **extra, **results.provenance(train.run_mesh())})
+  return runner.Unit(run_dir, config, extra.get("sweep", {}).get("point", {}))
+
+
 def run(study: Study, config, results_dir, progress: bool = True,
         tensorboard: bool = False, variant: str | None = None) -> pathlib.Path:
   """Trains every program, then writes summary, figures and report.
@@ -185,17 +195,10 @@ def run(study: Study, config, results_dir, progress: bool = True,
   progs = runner.plan(study, [config])
   built = runner.build_tasks(progs)
   runner.check_resources(study, progs, built, results_dir)
-  run_dir = None
-  if distributed.is_writer():
-    run_dir = results.new_run_dir(results_dir, study.name)
-    results.write_json(run_dir / "config.json", {
-        "experiment": study.name, "variant": variant, "config": config.to_dict(),
-        "status": "running", "run_dir": str(run_dir), "conditions": study.conditions(config),
-        **results.provenance(train.run_mesh())})
-  run_dir = pathlib.Path(distributed.broadcast_text(str(run_dir)))
-  runner.execute(study, [runner.Unit(run_dir, config, {})], _finisher(study), progress,
-                 tensorboard=tensorboard, programs=progs, built=built)
-  return run_dir
+  run_dir = rundir.RunDir.create(results_dir, study.name)
+  runner.execute(study, [_new_unit(study, run_dir, config, variant)], _finisher(study),
+                 progress, tensorboard=tensorboard, programs=progs, built=built)
+  return run_dir.path
 
 
 def run_sweep(study: Study, config, grid, results_dir, progress: bool = True,
@@ -208,42 +211,24 @@ def run_sweep(study: Study, config, grid, results_dir, progress: bool = True,
   progs = runner.plan(study, configs)
   built = runner.build_tasks(progs)
   runner.check_resources(study, progs, built, results_dir)
-  sweep_dir = None
-  if distributed.is_writer():
-    sweep_dir = results.new_run_dir(results_dir, study.name)
-  sweep_dir = pathlib.Path(distributed.broadcast_text(str(sweep_dir)))
+  sweep_dir = rundir.RunDir.create(results_dir, study.name)
   units, manifest = [], []
   for i, (point, cfg) in enumerate(zip(grid_points, configs)):
     name = sweep.point_name(i, point)
-    units.append(runner.Unit(sweep_dir / name, cfg, point))
+    units.append(_new_unit(study, sweep_dir.point(name, create=True), cfg, variant,
+                           sweep={"dir": "..", "point": point}))
     manifest.append({"name": name, "overrides": point, "dir": name, "status": "running"})
-    if distributed.is_writer():
-      (sweep_dir / name).mkdir()
-      results.write_json(sweep_dir / name / "config.json", {
-          "experiment": study.name, "variant": variant, "config": cfg.to_dict(),
-          "status": "running", "run_dir": str(sweep_dir / name),
-          "conditions": study.conditions(cfg),
-          "sweep": {"dir": "..", "point": point},
-          **results.provenance(train.run_mesh())})
-  if distributed.is_writer():
-    sweep.write_manifest(sweep_dir, study.name, config, grid, manifest, variant)
-  try:
-    runner.execute(study, units, _finisher(study), progress, tensorboard=tensorboard,
-                   target=sweep_dir,
-                   programs=progs, built=built)
-  finally:
-    if distributed.is_writer():
-      sweep.set_point_status(sweep_dir, {u.dir.name: results.read_json(
-          u.dir / "config.json").get("status", "running") for u in units})
+  sweep.write_manifest(sweep_dir, study.name, config, grid, manifest, variant)
+  runner.execute(study, units, _finisher(study), progress, tensorboard=tensorboard,
+                 target=sweep_dir, programs=progs, built=built)
   if distributed.is_writer():
     sweep.finish(sweep_dir)
-  return sweep_dir
+  return sweep_dir.path
 
 
 def study_of(exp: str) -> Study:
   """The ``STUDY`` of ``qkvjax.studies.<exp>``; ConfigError if it has none."""
-  import importlib  # pylint: disable=g-import-not-at-top
-  module = importlib.import_module(f"qkvjax.studies.{exp}")
+  module = registry.experiment_module(exp)
   if not hasattr(module, "STUDY"):
     raise config_lib.ConfigError(f"experiment {exp!r} does not train; accepted: a training "
                                  "experiment (its study module defines STUDY)")
@@ -267,14 +252,13 @@ def resume(target, overrides: dict[str, str] | None = None, progress: bool = Tru
   written) if it is already complete. ConfigError if ``target`` is neither, or
   if ``overrides`` differ from its saved config."""
   from qkvjax import sweep  # pylint: disable=g-import-not-at-top
-  target = pathlib.Path(target)
   bad = config_lib.ConfigError(f"--resume={str(target)!r} is not a run or sweep directory; "
                                "accepted: a results/<experiment>/<run_id> directory holding "
                                "config.json or sweep.json")
+  target = rundir.RunDir(target)
   try:
-    manifest = results.read_json(target / "sweep.json") if (target / "sweep.json").is_file() \
-        else None
-    saved = None if manifest else results.read_json(target / "config.json")
+    manifest = target.read_json("sweep.json") if target.has("sweep.json") else None
+    saved = None if manifest else target.read_json()
   except (OSError, ValueError):
     raise bad from None
   exp = (manifest or saved).get("experiment") if isinstance(manifest or saved, dict) else None
@@ -283,31 +267,26 @@ def resume(target, overrides: dict[str, str] | None = None, progress: bool = Tru
   study = study_of(exp)
   if manifest:
     base = registry.from_saved(exp, manifest["config"], manifest.get("variant"))
-    _same_config(base, overrides or {}, target)
+    _same_config(base, overrides or {}, target.path)
     units = []
     for p in manifest["points"]:
-      unit_saved = results.read_json(target / p["name"] / "config.json")
+      point = target.point(p["name"])
+      unit_saved = point.read_json()
       if unit_saved.get("status") != "complete":
-        units.append(runner.Unit(target / p["name"],
-                                 registry.from_saved(exp, unit_saved["config"],
-                                                       unit_saved.get("variant")),
+        units.append(runner.Unit(point, registry.from_saved(exp, unit_saved["config"],
+                                                            unit_saved.get("variant")),
                                  p["overrides"]))
   else:
     cfg = registry.from_saved(exp, saved["config"], saved.get("variant"))
-    _same_config(cfg, overrides or {}, target)
+    _same_config(cfg, overrides or {}, target.path)
     units = [] if saved.get("status") == "complete" else [runner.Unit(target, cfg, {})]
   if not units:
     return None
-  try:
-    runner.execute(study, units, _finisher(study), progress, resume=True,
-                   tensorboard=tensorboard, target=target)
-  finally:
-    if manifest and distributed.is_writer():
-      sweep.set_point_status(target, {u.dir.name: results.read_json(
-          u.dir / "config.json").get("status", "running") for u in units})
+  runner.execute(study, units, _finisher(study), progress, resume=True,
+                 tensorboard=tensorboard, target=target)
   if manifest and distributed.is_writer():
     sweep.finish(target)
-  return target
+  return target.path
 
 
 def evaluate(claim: Claim, run: results.Run) -> dict[str, Any]:
@@ -367,8 +346,8 @@ def finish(study: Study, run_dir) -> None:
 def _load_run_states(run_dir, step: int | None):
   """Per condition, ``(params, model_rest)`` from the checkpoint at ``step``
   (default: the last), leaves with a leading seed axis."""
-  run_dir = pathlib.Path(run_dir)
-  saved = results.read_json(run_dir / "config.json")
+  run_dir = rundir.RunDir(run_dir)
+  saved = run_dir.read_json()
   study = study_of(saved["experiment"])
   cfg = registry.from_saved(saved["experiment"], saved["config"], saved.get("variant"))
   unit = runner.Unit(run_dir, cfg, {})
@@ -376,7 +355,7 @@ def _load_run_states(run_dir, step: int | None):
   for p in runner.plan(study, [cfg]):
     trainer = train.Trainer(p.config, tasks.make(p.task, p.config), p.points, (),
                             study.model_fn)
-    have = checkpoints.steps(run_dir, p.unit_conditions(0))
+    have = run_dir.checkpoint_steps(p.unit_conditions(0))
     at = have[-1] if step is None and have else step
     if at is None or at not in have:
       raise config_lib.ConfigError(f"{run_dir} has no checkpoint at step {step!r} for "
@@ -403,8 +382,8 @@ def load_run_model(run_dir, condition: str | None = None, seed: int = 0,
   only one if the run has one), with its non-parameter state (frozen
   embeddings, say) as the run saved it."""
   from flax import nnx  # pylint: disable=g-import-not-at-top
-  run_dir = pathlib.Path(run_dir)
-  saved = results.read_json(run_dir / "config.json")
+  run_dir = rundir.RunDir(run_dir)
+  saved = run_dir.read_json()
   study = study_of(saved["experiment"])
   states = _load_run_states(run_dir, step)
   condition = condition or next(iter(states))

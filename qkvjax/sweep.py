@@ -12,7 +12,6 @@ every claim's effect with its CI against the swept values.
 from __future__ import annotations
 
 import itertools
-import pathlib
 from typing import Any
 
 import ml_collections
@@ -22,6 +21,7 @@ from qkvjax import config as config_lib
 from qkvjax import plotting
 from qkvjax import report
 from qkvjax import results
+from qkvjax import rundir
 from qkvjax import stats
 
 Grid = dict[str, tuple]
@@ -69,31 +69,25 @@ def point_name(i: int, point: dict[str, Any]) -> str:
   return f"{i:03d}_{safe}"[:120]
 
 
-def write_manifest(sweep_dir: pathlib.Path, exp: str, config, grid: Grid,
+def write_manifest(sweep_dir: rundir.RunDir, exp: str, config, grid: Grid,
                    units: list[dict[str, Any]], variant: str | None = None) -> None:
-  results.write_json(sweep_dir / "sweep.json", {
+  """``sweep.json``; each point's status then follows its config.json
+  (``RunDir.sync_points``)."""
+  sweep_dir.write_json("sweep.json", {
       "experiment": exp, "variant": variant, "config": config.to_dict(),
       "grid": {k: list(v) for k, v in grid.items()}, "points": units})
 
 
-def set_point_status(sweep_dir: pathlib.Path, statuses: dict[str, str]) -> None:
-  manifest = results.read_json(sweep_dir / "sweep.json")
-  for p in manifest["points"]:
-    if p["name"] in statuses:
-      p["status"] = statuses[p["name"]]
-  results.write_json(sweep_dir / "sweep.json", manifest)
-
-
 # ---- the combined summary and report -------------------------------------------------
-def collect(sweep_dir: pathlib.Path) -> dict[str, Any]:
+def collect(sweep_dir: rundir.RunDir) -> dict[str, Any]:
   """Every point's claims side by side, corrected across the whole sweep."""
-  manifest = results.read_json(sweep_dir / "sweep.json")
+  manifest = sweep_dir.read_json("sweep.json")
   entries = []
   for p in manifest["points"]:
-    path = sweep_dir / p["name"] / "summary.json"
-    if not path.exists():
+    point = sweep_dir.point(p["name"])
+    if not point.has("summary.json"):
       continue
-    for c in results.read_json(path)["claims"]:
+    for c in point.read_json("summary.json")["claims"]:
       entries.append({**c, "point": p["name"], "values": p["overrides"],
                       "corrected_in_run": c["corrected_verdict"]})
   stats.correct(entries)
@@ -167,9 +161,9 @@ def effect_figure(summary: dict[str, Any]):
   return fig
 
 
-def finish(sweep_dir: pathlib.Path) -> None:
+def finish(sweep_dir) -> None:
   """The sweep's summary.json, figure and report.md, from the points' files."""
-  sweep_dir = pathlib.Path(sweep_dir)
+  sweep_dir = rundir.RunDir(sweep_dir)
   summary = collect(sweep_dir)
   results.write_json(sweep_dir / "summary.json", summary)
   figures = {}

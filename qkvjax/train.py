@@ -25,11 +25,11 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from qkvjax import attention
 from qkvjax import config as config_lib
 from qkvjax import distributed
 from qkvjax import models
 from qkvjax.metrics.host import HostMetric
-from qkvjax.models import attention_block
 from qkvjax.tasks import Task
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -61,7 +61,7 @@ FAST_COMPILE = {"init": {"xla_backend_optimization_level": 0},
 FOLDABLE: dict[str, Callable[[ml_collections.ConfigDict, Any], float]] = {
     "model.qkv_init_scale": lambda c, v: float(v),
     "model.residual_scale": lambda c, v: float(v),
-    "model.attn_scale": lambda c, v: attention_block.resolve_scale(v, c.model.d_head),
+    "model.attn_scale": lambda c, v: attention.resolve_scale(v, c.model.d_head),
     "optim.learning_rate": lambda c, v: float(v),
     "optim.weight_decay": lambda c, v: float(v),
     "optim.b1": lambda c, v: float(v),
@@ -362,14 +362,15 @@ class Trainer:
                                 compiler_options=self._chunk_options)
     return self._chunks[n]
 
-  def _values(self) -> dict[str, jax.Array]:
+  def device_values(self) -> dict[str, jax.Array]:
+    """``run_values`` on the devices, sharded over the run axis."""
     return {f: jax.device_put(v, self.sharding) for f, v in self.run_values().items()}
 
   def init_states(self) -> TrainState:
-    return self.init(jax.device_put(self.run_keys(), self.sharding), self._values())
+    return self.init(jax.device_put(self.run_keys(), self.sharding), self.device_values())
 
   def measure_states(self, state: TrainState) -> dict[str, jax.Array]:
-    return self.measure(state, self._values())
+    return self.measure(state, self.device_values())
 
   def measure_at_init(self, num_seeds: int) -> dict[str, np.ndarray]:
     """Metrics at initialization of seeds 0..num_seeds-1 of every point, with
@@ -429,7 +430,7 @@ def train(trainer: Trainer, state: TrainState | None = None, start: int = 0,
   its ``state`` is valid until it returns.
   """
   state = trainer.init_states() if state is None else state
-  values = trainer._values()  # pylint: disable=protected-access
+  values = trainer.device_values()
   pending = (start, trainer.measure(state, values))
   step = start
   for n in chunk_lengths(trainer.config.steps - start, trainer.config.log_every):
@@ -445,11 +446,6 @@ def train(trainer: Trainer, state: TrainState | None = None, start: int = 0,
   yield pending[0], trainer.fetch(pending[1]), state
 
 
-def run_params(state: TrainState, run: int) -> nnx.State:
-  """One run's parameters from a run-stacked state, on the host."""
-  return jax.tree.map(lambda x: np.asarray(x[run]), state.params)
-
-
 def first_finite_run(state: TrainState, runs: Sequence[int]) -> int:
   """The first of ``runs`` that did not diverge (the first of them if all did)."""
   diverged = np.asarray(state.diverged)
@@ -459,4 +455,4 @@ def first_finite_run(state: TrainState, runs: Sequence[int]) -> int:
 
 __all__ = ["FOLDABLE", "HostMetric", "Measurement", "MetricFn", "TrainState", "Trainer",
            "chunk_lengths",
-           "first_finite_run", "make_optimizer", "run_params", "seed_keys", "train"]
+           "first_finite_run", "make_optimizer", "seed_keys", "train"]

@@ -9,7 +9,7 @@ from qkvjax import report
 from qkvjax import results
 from qkvjax import stats
 from qkvjax.config import ConfigError
-from qkvjax.studies import claims
+from qkvjax.commands import claims
 
 
 def _fake_run(tmp_path, name, claim_values):

@@ -11,7 +11,7 @@ import pytest
 
 from experiments import run as run_cli
 from qkvjax import results
-from qkvjax import runner
+from qkvjax import rundir
 from tests.conftest import ROOT
 from tests.test_cli import TINY
 
@@ -50,21 +50,21 @@ def test_resume_with_another_experiment_is_refused(tmp_path, capsys):
 
 
 def _fake_units(tmp_path, sweep: bool):
-  target = tmp_path / "sweep"
+  target = rundir.RunDir(tmp_path / "sweep")
   units = []
   for name in ("000_a", "001_b"):
     (target / name).mkdir(parents=True)
     results.write_json(target / name / "config.json", {"status": "running"})
-    units.append(runner.Unit(target / name, None, {}))
+    units.append(target.point(name))
   if sweep:
     results.write_json(target / "sweep.json", {"points": [
-        {"name": u.dir.name, "status": "running"} for u in units]})
+        {"name": u.name, "status": "running"} for u in units]})
   return target, units
 
 
 def test_interrupt_note_says_no_checkpoint_exists_and_updates_the_sweep(tmp_path, capsys):
   target, units = _fake_units(tmp_path, sweep=True)
-  runner._interrupt_note(units, target)("SIGINT")  # pylint: disable=protected-access
+  target.interrupted(units, "SIGINT")
   err = capsys.readouterr().err
   assert "no checkpoint yet, so a resume starts from step 0" in err
   assert "last checkpoint" not in err
@@ -74,9 +74,9 @@ def test_interrupt_note_says_no_checkpoint_exists_and_updates_the_sweep(tmp_path
 
 def test_interrupt_note_names_the_last_checkpoint(tmp_path, capsys):
   target, units = _fake_units(tmp_path, sweep=False)
-  (units[1].dir / "checkpoints" / "p0" / "40").mkdir(parents=True)
-  (units[1].dir / "checkpoints" / "p0" / "80.orbax-checkpoint-tmp").mkdir()
-  runner._interrupt_note(units, target)("SIGTERM")  # pylint: disable=protected-access
+  (units[1] / "checkpoints" / "p0" / "40").mkdir(parents=True)
+  (units[1] / "checkpoints" / "p0" / "80.orbax-checkpoint-tmp").mkdir()
+  target.interrupted(units, "SIGTERM")
   assert "its last checkpoint (step 40)" in capsys.readouterr().err
 
 

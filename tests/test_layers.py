@@ -80,7 +80,7 @@ def _cycle(edges):
 def test_the_graph_sees_top_level_lazy_and_relative_imports():
   edges = graph()
   assert "qkvjax.train" in edges["qkvjax.runner"]          # top level
-  assert "qkvjax.sweep" in edges["qkvjax.runner"]          # inside a function
+  assert "qkvjax.sweep" in edges["qkvjax.study"]           # inside a function
   assert "qkvjax.models.attention_block" in edges["qkvjax.models"]
   assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
   assert _cycle({"a": {"b"}, "b": set()}) is None
@@ -101,13 +101,20 @@ def test_library_modules_import_neither_configs_nor_the_entry_point():
   bad = []
   for path in PACKAGE.rglob("*.py"):
     name = _module_name(path)
-    if name in ABOVE_LIBRARY or name.startswith("qkvjax.studies"):
+    if name in ABOVE_LIBRARY or name.startswith(("qkvjax.studies", "qkvjax.commands")):
       continue
     for imported in _imports(path):
       top = imported.split(".")[0]
       if top in ("configs", "experiments"):
         bad.append(f"{name} imports {imported}")
   assert not bad, bad
+
+
+def test_the_run_directory_is_library():
+  """``RunDir`` is used by the framework and the commands, and uses none of them."""
+  above = ABOVE_LIBRARY | {"qkvjax.studies", "qkvjax.commands"}
+  assert not {m for m in graph()["qkvjax.rundir"]
+              if m in above or m.startswith(("qkvjax.studies.", "qkvjax.commands."))}
 
 
 def test_loggers_do_not_need_config():

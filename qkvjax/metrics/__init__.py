@@ -33,8 +33,6 @@ from qkvjax.metrics.weights import (attention_matrices, cosine, effective_rank,
                                     frobenius, grad_norms, matrices, spectra,
                                     weight_norms)
 
-Metrics = dict
-
 __all__ = [
     "ablate_head", "ablate_qk", "attention_matrices", "attention_modules",
     "attention_signal", "copying_from_matrices", "cosine", "directionality_score",

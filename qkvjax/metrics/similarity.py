@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-QKV = ("query", "key", "value")
+from qkvjax.attention import QKV
 
 
 def linear_cka(x_NxA: jax.Array, y_NxB: jax.Array) -> jax.Array:

@@ -15,10 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from qkvjax.attention import QKV
 from qkvjax.metrics.host import HostMetric
 from qkvjax.models import site_name
-
-QKV = ("query", "key", "value")
 
 
 class Matrix(NamedTuple):
@@ -91,10 +90,13 @@ def weight_norms(m) -> dict[str, jax.Array]:
   return out
 
 
-def effective_rank(s: jax.Array) -> jax.Array:
-  """exp(entropy) of the normalized singular values (Roy & Vetterli 2007)."""
-  p = s / (jnp.sum(s) + 1e-12)
-  return jnp.exp(-jnp.sum(jnp.where(p > 0, p * jnp.log(p + 1e-30), 0.0)))
+def effective_rank(s):
+  """exp(entropy) of the normalized singular values along the last axis (Roy
+  & Vetterli 2007): with jax for a jax array (traced too), else with numpy
+  at the input's precision."""
+  xp = jnp if isinstance(s, jax.Array) else np
+  p = s / (xp.sum(s, -1, keepdims=True) + 1e-12)
+  return xp.exp(-xp.sum(xp.where(p > 0, p * xp.log(p + 1e-30), 0.0), -1))
 
 
 def update_cosines(params: nnx.State, init_params: nnx.State) -> dict[str, jax.Array]:
@@ -121,8 +123,7 @@ def spectrum_values(matrices_2d: dict[str, np.ndarray]) -> dict[str, np.ndarray]
   out = {}
   for key, w in matrices_2d.items():
     s = np.linalg.svd(np.asarray(w, np.float64), compute_uv=False)  # [runs, k]
-    p = s / (s.sum(-1, keepdims=True) + 1e-12)
-    out[f"eff_rank/{key}"] = np.exp(-np.sum(np.where(p > 0, p * np.log(p + 1e-30), 0.0), -1))
+    out[f"eff_rank/{key}"] = effective_rank(s)
     for i in range(s.shape[-1]):
       out[f"sv/{key}/{i:03d}"] = s[..., i]
   return out

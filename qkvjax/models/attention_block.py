@@ -54,16 +54,6 @@ _OUT_INIT = jax.nn.initializers.variance_scaling(
     1.0, "fan_in", "truncated_normal", in_axis=(0, 1), out_axis=2)
 
 
-def resolve_scale(attn_scale, d_head: int) -> float:
-  """The number scores are multiplied by, from a config's ``attn_scale``:
-  ``"inv_sqrt_dk"``, ``"none"`` (1) or a number (also as a string)."""
-  if attn_scale == attention.INV_SQRT_DK:
-    return 1.0 / math.sqrt(d_head)
-  if attn_scale == "none":
-    return 1.0
-  return float(attn_scale)
-
-
 class AttentionTrace(NamedTuple):
   """What one call of an attention block computed, for metrics."""
 

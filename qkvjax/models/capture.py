@@ -18,6 +18,7 @@ import jax
 from flax import nnx
 
 from qkvjax.models.attention_block import AttentionTrace
+from qkvjax.models.hyper import capturing
 
 # Path components dropped from short names: the list holding a model's
 # layers, and the attribute holding a layer's only attention block.
@@ -63,5 +64,6 @@ def apply(model: nnx.Module, *args, method: str | None = None, **kwargs):
   """``(output, Captured)`` of ``model(*args, **kwargs)`` (or of
   ``model.<method>(...)``)."""
   fn = model if method is None else getattr(model, method)
-  out, state = nnx.capture(fn, nnx.Intermediate)(*args, **kwargs)
+  with capturing():
+    out, state = nnx.capture(fn, nnx.Intermediate)(*args, **kwargs)
   return out, capture_names(state)

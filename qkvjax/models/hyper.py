@@ -11,6 +11,9 @@ a constant and a run does not pay for a knob it does not sweep.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -34,7 +37,21 @@ def value_of(x):
 
 
 def record(module: nnx.Module, name: str, value) -> None:
-  """``module.sow`` an intermediate when the call runs under ``capture``, and
-  nothing otherwise (so a plain call, e.g. a decoding loop, stays pure)."""
-  if hasattr(module, "__captures__"):
+  """``module.sow`` an intermediate when the call runs under ``capturing()``
+  (``capture.apply``), and nothing otherwise (so a plain call, e.g. a
+  decoding loop, stays pure)."""
+  if _CAPTURING.get():
     module.sow(nnx.Intermediate, name, value)
+
+
+_CAPTURING = contextvars.ContextVar("qkvjax_capturing", default=False)
+
+
+@contextlib.contextmanager
+def capturing():
+  """Within it, ``record`` sows: ``capture.apply`` runs the model in it."""
+  token = _CAPTURING.set(True)
+  try:
+    yield
+  finally:
+    _CAPTURING.reset(token)

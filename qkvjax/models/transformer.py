@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from qkvjax import attention
-from qkvjax.models.attention_block import MultiHeadAttention, resolve_scale
+from qkvjax.models.attention_block import MultiHeadAttention
 from qkvjax.models.hyper import hyper, record, value_of
 
 
@@ -57,7 +57,7 @@ class Block(nnx.Module):
     self.ln_attn = nnx.LayerNorm(m, epsilon=1e-5, rngs=rngs)
     self.attn = MultiHeadAttention(
         m, cfg.n_heads, cfg.d_head, rngs=rngs, tie=cfg.tie, value_proj=cfg.value_proj,
-        qk_norm=cfg.qk_norm, attn_scale=_scale(cfg), qkv_init=cfg.qkv_init,
+        qk_norm=cfg.qk_norm, attn_scale=attention.resolve_scale(cfg.attn_scale, cfg.d_head), qkv_init=cfg.qkv_init,
         qkv_init_scale=cfg.qkv_init_scale)
     self.mlp = cfg.mlp
     if cfg.mlp:
@@ -80,13 +80,6 @@ class Block(nnx.Module):
       h_BxTxF = jax.nn.gelu(self.mlp_in(self.ln_mlp(x_BxTxM)))
       x_BxTxM = self._add(x_BxTxM, self.mlp_out(h_BxTxF))
     return x_BxTxM
-
-
-def _scale(cfg):
-  """``cfg.attn_scale`` as a number (a traced per-run value passes through)."""
-  if isinstance(cfg.attn_scale, jax.Array):
-    return cfg.attn_scale
-  return resolve_scale(cfg.attn_scale, cfg.d_head)
 
 
 POSITIONS = ("learned", "sinusoidal", "random")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from qkvjax import attention
 from qkvjax import config as config_lib
 from qkvjax.models import attention_block
 
@@ -18,12 +19,10 @@ def validate_model(m: ml_collections.ConfigDict, prefix: str = "model") -> None:
   config_lib.require(m.qkv_init_scale > 0, f"{prefix}.qkv_init_scale", m.qkv_init_scale,
           "a number > 0")
   if "attn_scale" in m:
-    scale_ok = m.attn_scale in ("inv_sqrt_dk", "none")
-    if not scale_ok:
-      try:
-        scale_ok = 1e-6 <= float(m.attn_scale) <= 1e6
-      except ValueError:
-        pass
+    try:
+      scale_ok = 1e-6 <= attention.resolve_scale(m.attn_scale, m.d_head) <= 1e6
+    except ValueError:
+      scale_ok = False
     config_lib.require(scale_ok, f"{prefix}.attn_scale", m.attn_scale,
             "'inv_sqrt_dk', 'none' or a number in [1e-6, 1e6]")
   if "tie" in m:

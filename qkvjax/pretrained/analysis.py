@@ -28,11 +28,10 @@ from flax import nnx
 
 from qkvjax import models
 from qkvjax import results
+from qkvjax.attention import QKV
 from qkvjax.metrics import attention as attention_metrics
 from qkvjax.metrics import circuits, similarity
 from qkvjax.metrics.weights import effective_rank
-
-QKV = ("query", "key", "value")
 
 
 @jax.jit

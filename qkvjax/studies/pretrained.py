@@ -21,6 +21,7 @@ from qkvjax import config as config_lib
 from qkvjax import plotting
 from qkvjax import report
 from qkvjax import results
+from qkvjax import rundir
 from qkvjax import stats
 from qkvjax.metrics import circuits
 
@@ -58,7 +59,7 @@ def run(config, results_dir, progress: bool = True):
   got, ids = _checked(config)
   results.check_writable(results_dir, "pretrained")
   model = pretrained.build(got)
-  run_dir = results.new_run_dir(results_dir, "pretrained")
+  run_dir = rundir.RunDir.create(results_dir, "pretrained").path
   saved = {"experiment": "pretrained", "config": config.to_dict(), "status": "running",
            "checkpoint": pretrained.describe(got), **results.provenance()}
   results.write_json(run_dir / "config.json", saved)

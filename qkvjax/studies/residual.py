@@ -15,8 +15,8 @@ import math
 
 import numpy as np
 
-from qkvjax import analysis
 from qkvjax import config as config_lib
+from qkvjax import effects as analysis
 from qkvjax import metrics
 from qkvjax import plotting
 from qkvjax import report

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qkvjax import analysis
+from qkvjax import effects as analysis
 from qkvjax import metrics
 from qkvjax import plotting
 from qkvjax import stats

@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from qkvjax import analysis
 from qkvjax import config as config_lib
+from qkvjax import effects as analysis
 from qkvjax import metrics
 from qkvjax import models
 from qkvjax import plotting

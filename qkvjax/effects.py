@@ -1,4 +1,5 @@
-"""Quantities of a saved run that several studies' claims and figures share.
+"""Per-seed effects of a saved run that several studies' claims and figures
+share (``qkvjax.pretrained.analysis``, by contrast, measures a pretrained model).
 
 Every function reads a ``results.Run`` and returns one value per seed; the
 attention *sites* (``L0``, ``decoder/L1/cross_attn``) say which blocks count.
@@ -9,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from qkvjax import results
+from qkvjax.attention import QKV
 
-QKV = ("query", "key", "value")
 PAIRS = (("query", "key"), ("query", "value"), ("key", "value"))
 
 

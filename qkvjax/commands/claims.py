@@ -9,7 +9,6 @@ whole table (Holm–Bonferroni), each linked to its experiment's report.
 
 from __future__ import annotations
 
-import importlib
 import os
 import pathlib
 from typing import Any
@@ -18,6 +17,7 @@ from qkvjax import config as config_lib
 from qkvjax import registry
 from qkvjax import report
 from qkvjax import results
+from qkvjax import rundir
 from qkvjax import stats
 from qkvjax import study as study_lib
 from qkvjax import train
@@ -33,7 +33,7 @@ def experiment_names(config) -> list[str]:
 
 
 def _study(name: str) -> study_lib.Study:
-  return importlib.import_module(f"qkvjax.studies.{name}").STUDY
+  return study_lib.study_of(name)
 
 
 def check(config, results_dir) -> None:
@@ -44,7 +44,7 @@ def check(config, results_dir) -> None:
 
 def run(config, results_dir, progress: bool = True) -> pathlib.Path:
   names = experiment_names(config)
-  run_dir = results.new_run_dir(results_dir, "claims")
+  run_dir = rundir.RunDir.create(results_dir, "claims").path
   saved = {"experiment": "claims", "config": config.to_dict(), "status": "running",
            **results.provenance(train.run_mesh())}
   results.write_json(run_dir / "config.json", saved)

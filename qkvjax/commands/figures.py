@@ -10,17 +10,17 @@ interrupted run is drawn from what was logged and marked incomplete.
 from __future__ import annotations
 
 import functools
-import importlib
 import pathlib
 
-from qkvjax import results
+from qkvjax import registry
+from qkvjax import rundir
 from qkvjax import study as study_lib
 from qkvjax.config import ConfigError
 
 
 def _finisher(exp):
   try:
-    module = importlib.import_module(f"qkvjax.studies.{exp}")
+    module = registry.experiment_module(exp)
   except ImportError:
     return None
   if hasattr(module, "STUDY"):
@@ -28,27 +28,26 @@ def _finisher(exp):
   return getattr(module, "finish", None)
 
 
-def check(config, results_dir=None) -> pathlib.Path:
+def check(config, results_dir=None) -> rundir.RunDir:
   del results_dir
-  run_dir = pathlib.Path(config.run_dir)
-  if config.run_dir and (run_dir / "sweep.json").is_file():
+  run_dir = rundir.RunDir(config.run_dir or ".")
+  if config.run_dir and run_dir.has("sweep.json"):
     try:
-      manifest = results.read_json(run_dir / "sweep.json")
-      for p in manifest["points"]:
-        if (run_dir / p["name"] / "metrics.jsonl").is_file():
+      for p in run_dir.read_json("sweep.json")["points"]:
+        if run_dir.point(p["name"]).has("metrics.jsonl"):
           check(type(config)({"run_dir": str(run_dir / p["name"])}))
     except (ValueError, OSError, KeyError, TypeError) as e:
       raise ConfigError(f"--config.run_dir={config.run_dir!r} has an unreadable sweep.json "
                         f"({type(e).__name__}); accepted: a sweep directory") from None
     return run_dir
-  missing = [f for f in ("config.json", "metrics.jsonl") if not (run_dir / f).is_file()]
+  missing = [f for f in ("config.json", "metrics.jsonl") if not run_dir.has(f)]
   if not config.run_dir or missing:
     raise ConfigError(f"--config.run_dir={config.run_dir!r} is not a run directory; "
                       "accepted: a results/<experiment>/<run_id> directory holding "
                       "config.json and metrics.jsonl")
   try:
-    saved = results.read_json(run_dir / "config.json")
-    has_rows = bool(results.read_metrics(run_dir / "metrics.jsonl"))
+    saved = run_dir.read_json()
+    has_rows = bool(run_dir.metrics())
   except (ValueError, OSError) as e:
     raise ConfigError(f"--config.run_dir={config.run_dir!r} has an unreadable "
                       f"config.json or metrics.jsonl ({type(e).__name__}); accepted: a "
@@ -68,13 +67,13 @@ def run(config, results_dir=None, progress: bool = True) -> pathlib.Path:
   """Redraws a run, or every point of a sweep and the sweep's own report."""
   del progress
   run_dir = check(config, results_dir)
-  if (run_dir / "sweep.json").is_file():
+  if run_dir.has("sweep.json"):
     from qkvjax import sweep  # pylint: disable=g-import-not-at-top
-    for p in results.read_json(run_dir / "sweep.json")["points"]:
-      point = run_dir / p["name"]
-      if (point / "metrics.jsonl").is_file() and results.read_metrics(point / "metrics.jsonl"):
-        _finisher(results.read_json(point / "config.json")["experiment"])(point)
+    for p in run_dir.read_json("sweep.json")["points"]:
+      point = run_dir.point(p["name"])
+      if point.metrics():
+        _finisher(point.read_json()["experiment"])(point)
     sweep.finish(run_dir)
-    return run_dir
-  _finisher(results.read_json(run_dir / "config.json")["experiment"])(run_dir)
-  return run_dir
+    return run_dir.path
+  _finisher(run_dir.read_json()["experiment"])(run_dir)
+  return run_dir.path
