@@ -14,6 +14,11 @@ QKV = ("query", "key", "value")
 PAIRS = (("query", "key"), ("query", "value"), ("key", "value"))
 
 
+def layers(run: results.Run) -> list[str]:
+  """The attention sites of a decoder-only model, ``L0`` ... ``L<n_layers - 1>``."""
+  return [f"L{l}" for l in range(run.config.model.n_layers)]
+
+
 def site_mean(fn, sites) -> np.ndarray:
   """Per seed, the mean over sites of ``fn(site)``."""
   return np.mean([fn(s) for s in sites], 0)
@@ -37,6 +42,13 @@ def grad_ratio(run: results.Run, sites, **where) -> np.ndarray:
     g = {n: run.initial(f"grad_norm/{site}/{n}", **where) for n in QKV}
     return np.log10(g["value"] / np.sqrt(g["query"] * g["key"]))
   return site_mean(one, sites)
+
+
+def cka_margin(run: results.Run, site: str, **where) -> np.ndarray:
+  """Per seed, at the end: linear CKA(V, token embedding) minus the larger of
+  CKA(Q, embedding) and CKA(K, embedding) at ``site``."""
+  cka = {n: run.final(f"cka_embed/{site}/{n}", **where) for n in QKV}
+  return cka["value"] - np.maximum(cka["query"], cka["key"])
 
 
 def best_over(run: results.Run, keys, index: int, **where) -> tuple[np.ndarray, list]:

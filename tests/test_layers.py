@@ -11,7 +11,8 @@ PACKAGE = ROOT / "qkvjax"
 # The framework (and the studies above it) may load configs/NAME.py by name;
 # every other module of qkvjax is library.
 ABOVE_LIBRARY = {"qkvjax.registry", "qkvjax.study", "qkvjax.runner", "qkvjax.sweep",
-                 "qkvjax.report", "qkvjax.plotting"}
+                 "qkvjax.report", "qkvjax.plotting", "qkvjax.claim_kinds",
+                 "qkvjax.figure_kinds"}
 
 
 def _module_name(path: pathlib.Path) -> str:
@@ -112,3 +113,4 @@ def test_library_modules_import_neither_configs_nor_the_entry_point():
 
 def test_loggers_do_not_need_config():
   assert "qkvjax.config" not in graph()["qkvjax.loggers"]
+
