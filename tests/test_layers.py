@@ -114,3 +114,22 @@ def test_library_modules_import_neither_configs_nor_the_entry_point():
 def test_loggers_do_not_need_config():
   assert "qkvjax.config" not in graph()["qkvjax.loggers"]
 
+
+def test_studies_import_no_other_study():
+  """What two studies share lives in the framework (claim_kinds, figure_kinds,
+  report...), not in one of them; a study split over modules of its own name
+  (``induction_*``) is one study."""
+  bad = []
+  for name, targets in graph().items():
+    if name.startswith("qkvjax.studies."):
+      own = name.split(".")[2].split("_")[0]
+      bad += [f"{name} imports {t}" for t in targets if t.startswith("qkvjax.studies.")
+              and t.split(".")[2].split("_")[0] != own]
+  assert not bad, bad
+
+
+def test_framework_imports_no_study():
+  edges = graph()
+  bad = [f"{m} imports {t}" for m in ABOVE_LIBRARY for t in edges.get(m, ())
+         if t.startswith("qkvjax.studies")]
+  assert not bad, bad
