@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from qkvjax import results
+from qkvjax import stats
 
 QKV = ("query", "key", "value")
 PAIRS = (("query", "key"), ("query", "value"), ("key", "value"))
@@ -59,3 +60,32 @@ def best_over(run: results.Run, keys, index: int, **where) -> tuple[np.ndarray, 
   best = np.max(filled, 1)
   which = [keys[i] if np.isfinite(b) else None for i, b in zip(np.argmax(filled, 1), best)]
   return np.where(np.isfinite(best), best, np.nan), which
+
+
+def censor(run: results.Run) -> int:
+  """The steps a seed that never reaches a threshold counts as: one logging
+  interval past the end."""
+  return run.config.steps + run.config.log_every
+
+
+def steps_to(run: results.Run, key: str, threshold: float, **where) -> np.ndarray:
+  """Per seed, the first logged step where ``key`` is >= ``threshold``
+  (``censor(run)`` if never reached; ``stats.steps_to_threshold``)."""
+  steps, values = run.table(key, **where)
+  return stats.steps_to_threshold(steps, values, threshold, censor(run))
+
+
+def steps_summary(values: np.ndarray, censor_at: int) -> dict:
+  """``stats.describe`` of per-seed steps to a threshold, the values, and
+  how many seeds reached it (below ``censor_at``)."""
+  return {**stats.describe(values), "per_seed": values,
+          "reached": int(np.sum(values < censor_at))}
+
+
+def head_table(run: results.Run, prefix: str, names, heads: int, index: int,
+               **where) -> np.ndarray:
+  """[seeds, layers * heads, names] of ``prefix/<name>/L<l>/H<h>`` at logging
+  point ``index``."""
+  keys = [f"L{l}/H{h}" for l in range(run.config.model.n_layers) for h in range(heads)]
+  return np.stack([np.stack([run.table(f"{prefix}/{n}/{k}", **where)[1][:, index]
+                             for k in keys], 1) for n in names], -1)

@@ -138,3 +138,64 @@ def dots(title: str, name: str, rows: Callable[[results.Run], list[DotRow]],
         ax.set_ylim(*row.ylim)
     return fig
   return Figure(title, name, draw)
+
+
+@dataclasses.dataclass(frozen=True)
+class BandRow:
+  """A row of bands: ``values`` a metric key or ``condition -> [seeds, steps]``;
+  ``refs(column index)`` the grey levels of each column's axes; ``title``
+  (if given) replaces the column title on this row's axes."""
+  ylabel: str
+  values: str | Callable[[str], np.ndarray]
+  refs: Callable[[int], Sequence[Ref]] = lambda j: ()
+  ylim: tuple | None = None
+  title: str | None = None
+  linear: bool = False
+
+
+def bands(title: str, name: str, rows: Callable[[results.Run], list[BandRow]],
+          groups: Callable[[results.Run], dict[str, dict[str, str]]], colors: dict,
+          labels: dict | None = None, suptitle: Callable[[results.Run], str] | None = None,
+          **options) -> Figure:
+  """Rows ``BandRow``; columns ``groups(run)`` {title: {series: condition}};
+  a band per series over training (``plotting.band_grid``), the legend beside
+  the top right axes; ``options`` go to ``band_grid``."""
+  def draw(run):
+    spec, cols = rows(run), groups(run)
+    fig = plotting.band_grid(run, [(r.ylabel, r.values) for r in spec], cols, colors, labels,
+                             **options)
+    for k, ax in enumerate(fig.axes):
+      row, j = spec[k // len(cols)], k % len(cols)
+      for ref in row.refs(j):
+        ax.axhline(ref.y, color="0.5", ls=ref.ls, lw=1, label=ref.label)
+      if row.ylim is not None:
+        ax.set_ylim(*row.ylim)
+      if row.title is not None:
+        ax.set_title(row.title)
+      if row.linear:
+        ax.set_yscale("linear")
+    fig.axes[len(cols) - 1].legend(frameon=False, fontsize=7, loc="center left",
+                                   bbox_to_anchor=(1.0, 0.5))
+    if suptitle:
+      fig.suptitle(suptitle(run), y=1.02)
+    fig.tight_layout()
+    return fig
+  return Figure(title, name, draw)
+
+
+def sample_maps(run: results.Run, rows: dict[str, dict[str, str]], vocab: dict, site: str,
+                caption: str, scores: str) -> list[Figure]:
+  """Score matrices (``scores`` says what they are) and attention weights at
+  ``site`` on one saved sample per condition (``study.attention_samples``;
+  none without samples): rows {title: {label: condition}}, ``vocab``
+  {condition: tokens} (``plotting.sample_grid``); ``caption`` is formatted
+  with ``what`` and ``seeds``."""
+  samples = run.file("samples.json")
+  seeds = ", ".join(map(str, sorted({s["seed"] for s in (samples or {}).values()})))
+  return [Figure(f"{title} on a sample sequence", name, lambda r, what=what, text=text: (
+      plotting.sample_grid(samples, rows, vocab, site, what,
+                           caption.format(what=text, seeds=seeds))))
+          for title, name, what, text in (
+              ("Score matrices", "score_matrices", "logits", scores),
+              ("Attention weights", "attention_maps", "weights", "attention weights"))
+          if samples]
