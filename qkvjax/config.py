@@ -252,6 +252,19 @@ def require_values(c, path: str, ok, accepted: str) -> tuple:
   return values
 
 
+def require_names(c, path: str, names) -> tuple:
+  """A tuple field of distinct names, each one of ``names``."""
+  return require_values(c, path, lambda v: v in names, "distinct names from " + ", ".join(names))
+
+
+def require_per_condition(c, defaults: dict[str, Any], choose: str) -> None:
+  """Fields a study sets per condition keep their ``defaults`` in the config;
+  ``choose`` says which config field picks the conditions instead."""
+  for path, default in defaults.items():
+    require(field(c, path) == default, path, field(c, path),
+            f"{default!r}, set per condition by this study (choose {choose})")
+
+
 MAX_SEED = 2**32 - 1
 MAX_SEEDS = 4096
 MAX_BATCH = 65536

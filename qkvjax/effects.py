@@ -10,9 +10,15 @@ from __future__ import annotations
 import numpy as np
 
 from qkvjax import results
+from qkvjax import stats
 from qkvjax.attention import QKV
 
 PAIRS = (("query", "key"), ("query", "value"), ("key", "value"))
+
+
+def layers(run: results.Run) -> list[str]:
+  """The attention sites of a decoder-only model, ``L0`` ... ``L<n_layers - 1>``."""
+  return [f"L{l}" for l in range(run.config.model.n_layers)]
 
 
 def site_mean(fn, sites) -> np.ndarray:
@@ -40,6 +46,13 @@ def grad_ratio(run: results.Run, sites, **where) -> np.ndarray:
   return site_mean(one, sites)
 
 
+def cka_margin(run: results.Run, site: str, **where) -> np.ndarray:
+  """Per seed, at the end: linear CKA(V, token embedding) minus the larger of
+  CKA(Q, embedding) and CKA(K, embedding) at ``site``."""
+  cka = {n: run.final(f"cka_embed/{site}/{n}", **where) for n in QKV}
+  return cka["value"] - np.maximum(cka["query"], cka["key"])
+
+
 def best_over(run: results.Run, keys, index: int, **where) -> tuple[np.ndarray, list]:
   """Per seed, the largest of ``keys`` at logging point ``index`` and which
   key it was (NaN and None for a seed with no finite value)."""
@@ -48,3 +61,32 @@ def best_over(run: results.Run, keys, index: int, **where) -> tuple[np.ndarray, 
   best = np.max(filled, 1)
   which = [keys[i] if np.isfinite(b) else None for i, b in zip(np.argmax(filled, 1), best)]
   return np.where(np.isfinite(best), best, np.nan), which
+
+
+def censor(run: results.Run) -> int:
+  """The steps a seed that never reaches a threshold counts as: one logging
+  interval past the end."""
+  return run.config.steps + run.config.log_every
+
+
+def steps_to(run: results.Run, key: str, threshold: float, **where) -> np.ndarray:
+  """Per seed, the first logged step where ``key`` is >= ``threshold``
+  (``censor(run)`` if never reached; ``stats.steps_to_threshold``)."""
+  steps, values = run.table(key, **where)
+  return stats.steps_to_threshold(steps, values, threshold, censor(run))
+
+
+def steps_summary(values: np.ndarray, censor_at: int) -> dict:
+  """``stats.describe`` of per-seed steps to a threshold, the values, and
+  how many seeds reached it (below ``censor_at``)."""
+  return {**stats.describe(values), "per_seed": values,
+          "reached": int(np.sum(values < censor_at))}
+
+
+def head_table(run: results.Run, prefix: str, names, heads: int, index: int,
+               **where) -> np.ndarray:
+  """[seeds, layers * heads, names] of ``prefix/<name>/L<l>/H<h>`` at logging
+  point ``index``."""
+  keys = [f"L{l}/H{h}" for l in range(run.config.model.n_layers) for h in range(heads)]
+  return np.stack([np.stack([run.table(f"{prefix}/{n}/{k}", **where)[1][:, index]
+                             for k in keys], 1) for n in names], -1)

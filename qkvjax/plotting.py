@@ -109,9 +109,11 @@ NOTE_GID = "qkvjax-note"  # figure notes kept clear of the axes' text by ``save`
 def clear_notes(fig) -> None:
   """Grows the figure at the bottom until its notes (``seed_note``) overlap no
   other text (tick labels, axis labels), the axes and figure texts moved up."""
+  from matplotlib.layout_engine import PlaceHolderLayoutEngine  # pylint: disable=g-import-not-at-top
   from matplotlib.text import Text  # pylint: disable=g-import-not-at-top
   notes = [t for t in fig.texts if t.get_gid() == NOTE_GID]
-  if not notes or fig.get_layout_engine() is not None:
+  engine = fig.get_layout_engine()  # a placeholder after tight_layout: it moves nothing
+  if not notes or not isinstance(engine, (type(None), PlaceHolderLayoutEngine)):
     return
   fig.canvas.draw()
   renderer = fig.canvas.get_renderer()
@@ -352,18 +354,31 @@ def sample_grid(samples: dict, rows: dict[str, dict[str, str]], vocab: dict[str,
   return fig
 
 
-def layer_head_heatmaps(grids: dict[str, tuple], rows: Sequence[str], title: str):
+def layer_head_heatmaps(grids: dict[str, tuple], rows: Sequence[str], title: str,
+                        ncols: int | None = None, annotate: bool = False, note: str = ""):
   """One panel per entry ``{title: ([layers, heads] values, vmin, vmax, cmap)}``:
-  layers down, heads across, each with its colour bar (one model, no seeds)."""
-  fig, axes = plt.subplots(1, len(grids), squeeze=False,
-                           figsize=(3.3 * len(grids), 0.35 * len(rows) + 1.6))
-  for ax, (name, (values, lo, hi, cmap)) in zip(axes[0], grids.items()):
+  layers down, heads across, each with its colour bar, ``ncols`` panels a
+  row; ``annotate`` writes each cell's value; ``note`` says what a cell is."""
+  ncols = ncols or len(grids)
+  nrows = -(-len(grids) // ncols)
+  fig, axes = plt.subplots(nrows, ncols, squeeze=False,
+                           figsize=(3.3 * ncols, (0.35 * len(rows) + 1.6) * nrows))
+  for ax, (name, (values, lo, hi, cmap)) in zip(axes.ravel(), grids.items()):
     im = ax.imshow(values, vmin=lo, vmax=hi, cmap=cmap, aspect="auto")
-    ax.set(title=name, xlabel="head", yticks=range(len(rows)), yticklabels=rows)
+    heads = range(np.shape(values)[1])
+    ax.set(title=name, xlabel="head", xticks=heads, xticklabels=[f"H{h}" for h in heads],
+           yticks=range(len(rows)), yticklabels=rows)
     fig.colorbar(im, ax=ax, shrink=0.8)
-  axes[0][0].set_ylabel("layer")
+    for (y, x), v in np.ndenumerate(values if annotate else np.zeros((0, 0))):
+      ax.text(x, y, f"{v:.2f}", ha="center", va="center", fontsize=6)
+  for row in axes:
+    row[0].set_ylabel("layer")
+  for ax in axes.ravel()[len(grids):]:
+    ax.axis("off")
   fig.suptitle(title, y=1.0)
   fig.tight_layout()
+  if note:
+    fig.text(0.99, 0.005, note, ha="right", va="bottom", fontsize=7, color="0.4", gid=NOTE_GID)
   return fig
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Iterable
 
 from qkvjax import bibliography
 from qkvjax import plotting
 from qkvjax import results
+from qkvjax import stats
+from qkvjax.metrics import circuits
 
 HOW_TO_READ = (
     "Effects are across seeds: mean ± std and a 95% expanded-percentile bootstrap CI "
@@ -60,6 +62,25 @@ def table(headers: list[str], rows: list[list]) -> list[str]:
   """A markdown table; cells are formatted with ``cell``."""
   return (["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
           + ["| " + " | ".join(cell(c) for c in r) + " |" for r in rows])
+
+
+def spec_table(columns: dict[str, Callable[[Any], Any]], items: Iterable) -> list[str]:
+  """A markdown table from a column spec ``{header: item -> cell}``, a row per item."""
+  return table(list(columns), [[f(x) for f in columns.values()] for x in items])
+
+
+def seeds_cell(values) -> str:
+  """``effect_cell`` of per-seed values."""
+  return effect_cell(stats.describe(values))
+
+
+def structure_table(rows: list[list]) -> list[str]:
+  """Symmetry and directionality of W_Q W_K^T: ``rows`` [model, objective,
+  symmetry, directionality, source] measured here, then the published medians."""
+  src = "Saponati et al. (2025), the tables of the paper's repository"
+  return table(["model", "objective", "symmetry", "directionality", "source"],
+               rows + [[name, kind, fmt(s), fmt(d), src]
+                       for name, kind, s, d in circuits.PUBLISHED_MEDIANS])
 
 
 def verdict_counts(claims: list[dict[str, Any]], key: str = "verdict") -> dict[str, int]:
@@ -143,15 +164,21 @@ def header_lines(run: results.Run, title: str, summary: dict[str, Any]) -> list[
   return lines
 
 
+def claims_lines(claims: list[dict[str, Any]], unit: str = "seeds") -> list[str]:
+  """The claims section and the quotes tested; ``unit`` heads the count column."""
+  table_lines = claims_table(claims)
+  return (["## Claims", "", counts_line(claims), "",
+           table_lines[0].replace("| seeds |", f"| {unit} |"), *table_lines[1:], ""]
+          + ["## Quotes tested", ""] + quote_lines(claims) + [""])
+
+
 def write(run: results.Run, title: str, description: str, summary: dict[str, Any],
           figures: dict[str, str], sections: list[str]) -> None:
   lines = header_lines(run, title, summary)
   lines += [description, "", HOW_TO_READ, ""]
   lines += diverged_lines(summary["diverged_seeds"])
   lines += partial_lines(run.partial)
-  lines += ["## Claims", "", counts_line(summary["claims"]), ""]
-  lines += claims_table(summary["claims"]) + [""]
-  lines += ["## Quotes tested", ""] + quote_lines(summary["claims"]) + [""]
+  lines += claims_lines(summary["claims"])
   lines += ["## Figures", ""] + figure_lines(figures)
   lines += sections
   lines += redraw_lines(run.dir)

@@ -36,7 +36,6 @@ from qkvjax import results
 from qkvjax import rundir
 from qkvjax import tasks
 from qkvjax import train
-from qkvjax.metrics.circuits import qk_structure
 
 # Logging points between checkpoints when a config does not say
 # (``checkpoint_every``): about 1-2% of the headline run's time per save.
@@ -224,8 +223,7 @@ def train_program(study, program: Program, units: Sequence[Unit], task: tasks.Ta
   to its last step, writing every logging point and saving checkpoints;
   returns its samples (``Study.samples``) by unit."""
   cfg = program.config
-  # Every study also logs the symmetry and directionality of W_Q W_K^T.
-  trainer = train.Trainer(cfg, task, program.points, (*study.metrics, qk_structure),
+  trainer = train.Trainer(cfg, task, program.points, study.logged_metrics(),
                           study.model_fn,
                           **({"compile_options": study.compile_options}
                              if study.compile_options else {}))

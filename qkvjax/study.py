@@ -34,6 +34,7 @@ from qkvjax import runner
 from qkvjax import stats
 from qkvjax import tasks
 from qkvjax import train
+from qkvjax.metrics import circuits
 
 Overrides = dict[str, Any]  # dotted config field -> value; "task" -> a task name
 
@@ -73,6 +74,8 @@ class Study:
       may name another with the override ``"task"``.
     conditions: config -> {condition name: overrides}.
     metrics: metric functions of a ``train.Measurement``, logged per run.
+    default_metrics: metric groups every study logs after its own (the
+      symmetry and directionality of W_Q W_K^T); ``()`` logs only ``metrics``.
     claims: saved run -> the claims to judge.
     figures: saved run -> the figures to draw.
     describe: saved run -> the report's paragraph on the task and setup.
@@ -94,6 +97,7 @@ class Study:
   conditions: Callable[[ml_collections.ConfigDict], dict[str, Overrides]] = (
       lambda config: {"default": {}})
   metrics: Sequence[train.MetricFn] = ()
+  default_metrics: Sequence[train.MetricFn] = (circuits.qk_structure,)
   claims: Callable[[results.Run], list[Claim]] = _no_claims
   figures: Callable[[results.Run], list[Figure]] = lambda run: []
   describe: Callable[[results.Run], str] = lambda run: ""
@@ -104,6 +108,10 @@ class Study:
   sections: Callable[[results.Run, dict], list[str]] | None = None
   summary: Callable[[results.Run], dict[str, Any]] | None = None
   init_seeds: str | None = None
+
+  def logged_metrics(self) -> tuple[train.MetricFn, ...]:
+    """What each run logs: the study's metrics, then the default groups."""
+    return (*self.metrics, *self.default_metrics)
 
 
 def condition_configs(study: Study, config) -> dict[str, tuple[str, ml_collections.ConfigDict]]:

@@ -16,6 +16,7 @@ from qkvjax import registry
 from qkvjax import metrics
 from qkvjax import models
 from qkvjax import study
+from qkvjax.metrics import heads as head_profiles
 from qkvjax.studies import heads
 from qkvjax.tasks import relations
 from tests.conftest import tiny_config
@@ -89,15 +90,15 @@ def test_separation_index_closed_forms():
   disjoint = np.array([[[1.0, 0.0], [0.0, 2.0]]])     # each head serves one relation
   shared = np.array([[[1.0, 2.0], [1.0, 2.0]]])       # both heads serve both alike
   one_head = np.array([[[3.0, 0.5]]])
-  np.testing.assert_allclose(heads.separation(disjoint), [1.0])
-  np.testing.assert_allclose(heads.separation(shared), [0.0])
-  np.testing.assert_allclose(heads.separation(one_head), [0.0])
-  np.testing.assert_allclose(heads.separation(np.array([[[0.5, 0.0], [0.5, 1.0]]])), [0.5])
-  assert np.isnan(heads.separation(np.zeros((1, 2, 2))))[0]  # nothing to divide
-  np.testing.assert_array_equal(heads.distinct_top_heads(np.concatenate([disjoint, shared])),
+  np.testing.assert_allclose(head_profiles.separation(disjoint), [1.0])
+  np.testing.assert_allclose(head_profiles.separation(shared), [0.0])
+  np.testing.assert_allclose(head_profiles.separation(one_head), [0.0])
+  np.testing.assert_allclose(head_profiles.separation(np.array([[[0.5, 0.0], [0.5, 1.0]]])), [0.5])
+  assert np.isnan(head_profiles.separation(np.zeros((1, 2, 2))))[0]  # nothing to divide
+  np.testing.assert_array_equal(head_profiles.distinct_top_heads(np.concatenate([disjoint, shared])),
                                 [1.0, 0.0])
-  np.testing.assert_allclose(heads.participation(shared), [[2.0, 2.0]])
-  assert heads.head_roles(np.concatenate([disjoint, shared])) == [
+  np.testing.assert_allclose(head_profiles.participation(shared), [[2.0, 2.0]])
+  assert head_profiles.head_roles(np.concatenate([disjoint, shared])) == [
       "1 select, 1 prev", "2 both"]
 
 

@@ -26,7 +26,6 @@ from qkvjax import registry
 from qkvjax import runner
 from qkvjax import study as study_lib
 from qkvjax import train
-from qkvjax.metrics.circuits import qk_structure
 from tests.conftest import ROOT
 
 LAPACK = re.compile(r"custom_call[^\n]*(lapack|eig|svd|geqrf|potrf|getrf|syevd|gesdd)", re.I)
@@ -50,7 +49,7 @@ def _lowered_texts(study):
   built = runner.build_tasks(programs)
   for p in programs[:2]:  # further programs differ only in sizes and flags
     trainer = train.Trainer(p.config, built[runner._task_key(p)], p.points,  # pylint: disable=protected-access
-                            (*study.metrics, qk_structure), study.model_fn)
+                            study.logged_metrics(), study.model_fn)
     keys = jax.ShapeDtypeStruct((trainer.padded_runs, 2), np.uint32)
     values = {f: jax.ShapeDtypeStruct((trainer.padded_runs,), np.float32)
               for f in trainer.folded}
@@ -80,13 +79,12 @@ def test_folded_sweep_measurement_finishes_with_12_runs_per_device():
   script = (
       "import jax\n"
       "from qkvjax import registry as C, tasks, train\n"
-      "from qkvjax.metrics.circuits import qk_structure\n"
       "from qkvjax.studies import specialization as S\n"
       "cfg = C.load_config('specialization')\n"
       "cfg.num_seeds = 4\n"
       f"points = [{{'optim.learning_rate': 1e-3 * (i + 1)}} for i in range({3 * devices})]\n"
       "t = train.Trainer(cfg, tasks.make('selection', cfg), points,\n"
-      "                  (*S.STUDY.metrics, qk_structure))\n"
+      "                  S.STUDY.logged_metrics())\n"
       "m = t.fetch(t.measure_states(t.init_states()))\n"
       "print(len(jax.devices()), t.padded_runs, len(m['ov_copying/L0/H0']),\n"
       "      len(m['sv/L0/query/000']))\n")

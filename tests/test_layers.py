@@ -11,7 +11,8 @@ PACKAGE = ROOT / "qkvjax"
 # The framework (and the studies above it) may load configs/NAME.py by name;
 # every other module of qkvjax is library.
 ABOVE_LIBRARY = {"qkvjax.registry", "qkvjax.study", "qkvjax.runner", "qkvjax.sweep",
-                 "qkvjax.report", "qkvjax.plotting"}
+                 "qkvjax.report", "qkvjax.plotting", "qkvjax.claim_kinds",
+                 "qkvjax.figure_kinds"}
 
 
 def _module_name(path: pathlib.Path) -> str:
@@ -119,3 +120,23 @@ def test_the_run_directory_is_library():
 
 def test_loggers_do_not_need_config():
   assert "qkvjax.config" not in graph()["qkvjax.loggers"]
+
+
+def test_studies_import_no_other_study():
+  """What two studies share lives in the framework (claim_kinds, figure_kinds,
+  report...), not in one of them; a study split over modules of its own name
+  (``induction_*``) is one study."""
+  bad = []
+  for name, targets in graph().items():
+    if name.startswith("qkvjax.studies."):
+      own = name.split(".")[2].split("_")[0]
+      bad += [f"{name} imports {t}" for t in targets if t.startswith("qkvjax.studies.")
+              and t.split(".")[2].split("_")[0] != own]
+  assert not bad, bad
+
+
+def test_framework_imports_no_study():
+  edges = graph()
+  bad = [f"{m} imports {t}" for m in ABOVE_LIBRARY for t in edges.get(m, ())
+         if t.startswith("qkvjax.studies")]
+  assert not bad, bad

@@ -5,10 +5,11 @@ from matplotlib.text import Text
 from qkvjax import plotting
 
 
-def _boxes(fig):
+def _boxes(fig, skip=frozenset()):
   fig.canvas.draw()
   renderer = fig.canvas.get_renderer()
-  texts = {id(t): t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()}
+  texts = {id(t): t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()
+           and id(t) not in skip}
   return [(t.get_text(), t.get_window_extent(renderer)) for t in texts.values()]
 
 
@@ -32,4 +33,42 @@ def test_seed_note_is_moved_clear_of_tick_and_axis_labels():
   plotting.clear_notes(fig)
   assert not _overlapping(fig)
   assert fig.get_figheight() > height
+  plotting.plt.close(fig)
+
+
+def _pairs_overlapping(fig):
+  """Every pair of drawn texts whose boxes intersect (tick labels outside the
+  view limits are not drawn)."""
+  fig.canvas.draw()
+  hidden = {id(t) for ax in fig.axes for labels, lim, i in (
+      (ax.get_xticklabels(), ax.get_xlim(), 0), (ax.get_yticklabels(), ax.get_ylim(), 1))
+            for t in labels if not min(lim) <= t.get_position()[i] <= max(lim)}
+  boxes = _boxes(fig, skip=hidden)
+  return [(a, b) for i, (a, box_a) in enumerate(boxes) for b, box_b in boxes[i + 1:]
+          if box_a.overlaps(box_b)]
+
+
+def test_declared_panels_keep_their_text_apart():
+  from qkvjax.figure_kinds import Line, Panel, Ref, draw_panels  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  x = np.array([0, 600, 1200])
+  curve = lambda r: (x, np.array([[0.1, 0.5, 0.9], [0.2, 0.4, 0.8]]))
+  lines = [Line(curve, "k", "a condition"), Line(curve, "r", "another", ls="--")]
+  grid = [[Panel(lines, "a y label", "a title", refs=[Ref(0.5, "chance")], legend="best"),
+           Panel(lines, title="beside it", refs=[Ref(0.0)], legend="right")],
+          [Panel([Line(lambda r: (np.array([1, 2, 4]), curve(r)[1]), "b", "by depth")],
+                 "log scale", xlabel="depth", log=True, xticks=[1, 2, 4], xlog2=True), None]]
+  fig = draw_panels(None, grid, suptitle="a figure title", note="at initialization")
+  plotting.clear_notes(fig)
+  assert not _pairs_overlapping(fig)
+  plotting.plt.close(fig)
+
+
+def test_layer_head_heatmaps_keep_their_text_apart():
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  grids = {f"score {i}": (np.linspace(-1, 1, 8).reshape(2, 4), -1, 1, "RdBu_r") for i in range(3)}
+  fig = plotting.layer_head_heatmaps(grids, ["L0", "L1"], "per head", ncols=2, annotate=True,
+                                     note="cells: mean over 4 seeds")
+  plotting.clear_notes(fig)
+  assert not _pairs_overlapping(fig)
   plotting.plt.close(fig)

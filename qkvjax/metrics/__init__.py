@@ -10,7 +10,10 @@ run-vmapped measurement; a study lists the groups it logs.
   paths and ``heads_axis`` metadata, so any NNX model gets them.
 - ``similarity``: CKA and RSA of the Q, K, V vectors with the token embedding.
 - ``attention``: attention on a task's ground-truth key, logit statistics,
-  entropy, and the Q.K ablation.
+  entropy, the Q.K ablation, and the prediction position's attention on
+  itself vs the target.
+- ``heads``: per head, attention share and ablation damage of each relation
+  of the two-relation task, and how the relations' profiles over heads overlap.
 - ``representations``: the residual stream's continuity with the embedding
   and rank collapse, by depth.
 - ``circuits``: the OV copying score; the symmetry and directionality of
@@ -18,13 +21,14 @@ run-vmapped measurement; a study lists the groups it logs.
 """
 
 from qkvjax.metrics.attention import (ablate_head, ablate_qk, attention_signal, logit_std,
-                                      max_logit, normalized_entropy, target_attention,
-                                      visible_mask)
+                                      max_logit, normalized_entropy, prediction_attention,
+                                      target_attention, visible_mask)
 from qkvjax.metrics.circuits import (attention_modules, copying_from_matrices,
                                      directionality_score, ov_copying, ov_copying_score,
                                      ov_matrices, qk_matrices, qk_structure,
                                      qk_structure_scores, qk_update_structure,
                                      symmetry_score)
+from qkvjax.metrics.heads import relation_heads
 from qkvjax.metrics.representations import (rank_collapse, representation_metrics,
                                             token_cosine)
 from qkvjax.metrics.similarity import (embedding_similarity, linear_cka,
@@ -39,8 +43,9 @@ __all__ = [
     "effective_rank",
     "embedding_similarity", "frobenius", "grad_norms", "linear_cka", "linear_probe_accuracy",
     "logit_std", "matrices", "max_logit", "normalized_entropy", "ov_copying",
-    "ov_copying_score", "ov_matrices", "qk_matrices", "qk_structure", "qk_structure_scores",
-    "qk_update_structure", "rank_collapse",
+    "ov_copying_score", "ov_matrices", "prediction_attention", "qk_matrices", "qk_structure",
+    "qk_structure_scores",
+    "qk_update_structure", "rank_collapse", "relation_heads",
     "representation_metrics", "rsa", "spectra", "symmetry_score", "target_attention",
     "token_cosine", "visible_mask", "weight_norms",
 ]

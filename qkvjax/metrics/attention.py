@@ -2,7 +2,9 @@
 
 ``target_attention`` needs a task whose batch names the ground-truth key
 (``target_pos_B``) and predicts at the last position (selection, match);
-``attention_signal`` works for any model.
+``attention_signal`` works for any model. ``prediction_attention`` compares
+the prediction position's attention on itself and on the target (on an eval
+batch), and the symmetry of the scores.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import jax.numpy as jnp
 from qkvjax import attention
 from qkvjax.metrics.weights import cosine
 from qkvjax.models import site_name
+from qkvjax.tasks import base
 
 
 def visible_mask(t: int, s: int, causal: bool) -> jax.Array:
@@ -93,6 +96,43 @@ def target_attention(m) -> dict[str, jax.Array]:
           jnp.where(is_other_BxS, cos_BxSxH[..., h], 0.0)) / jnp.sum(is_other_BxS)
       out[f"attn_entropy/{key}"] = jnp.mean(entropy_BxH[:, h])
       out[f"max_logit/{key}"] = max_logit_H[h]
+  return out
+
+
+# ``prediction_attention``'s per-head metrics are also logged over the heads:
+# their mean, or the best head's.
+OVER_HEADS = {"attn_self": "mean", "attn_target": "best", "self_ge_target": "mean",
+              "key_norm_ratio": "mean"}
+
+
+def prediction_attention(m) -> dict[str, jax.Array]:
+  """On one fixed eval batch: loss, accuracy, accuracy with uniform attention
+  (scores times 0: no selection, values kept); per site, ||S - S^T|| / ||S|| of
+  the scores (0 when W_K = W_Q); at the last position, per head and over heads
+  (``OVER_HEADS``): attention on itself and on the target, P(own score >=
+  target's), and ||k_target|| / ||k_self||."""
+  ev = m.eval_batch(m.config.eval_batch_size)
+  loss, task_metrics, captured = m.forward(ev)
+  out = {"eval_loss": loss, "eval_accuracy": task_metrics["accuracy"],
+         "uniform_attn/accuracy": m.forward(ev, attn_scale=0.0)[1]["accuracy"]}
+  is_target_BxS = jnp.arange(ev.tokens_BxT.shape[1])[None, :] == ev.target_pos_B[:, None]
+  on_target = lambda x_BxHxS: jnp.sum(jnp.where(is_target_BxS[:, None], x_BxHxS, 0.0), -1)
+  for site, tr in captured.attention.items():
+    s_BxHxTxS = tr.logits_BxHxTxS
+    out[f"score_asym/{site}"] = (jnp.linalg.norm(s_BxHxTxS - jnp.swapaxes(s_BxHxTxS, -1, -2))
+                                 / (jnp.linalg.norm(s_BxHxTxS) + 1e-12))
+    w_BxHxS, z_BxHxS = tr.weights_BxHxTxS[:, :, -1], s_BxHxTxS[:, :, -1]
+    k_norm_BxSxH = jnp.linalg.norm(tr.key_BxSxHxD, axis=-1)
+    per_head_BxH = {
+        "attn_self": w_BxHxS[:, :, -1], "attn_target": on_target(w_BxHxS),
+        "self_ge_target": z_BxHxS[:, :, -1] >= on_target(z_BxHxS),
+        "key_norm_ratio": (base.at_position(k_norm_BxSxH, ev.target_pos_B)
+                           / (k_norm_BxSxH[:, -1] + 1e-12))}
+    for name, v_BxH in per_head_BxH.items():
+      v_H = jnp.mean(v_BxH, 0)
+      out.update({f"{name}/{site}/H{h}": v_H[h] for h in range(v_H.shape[0])})
+      out[f"{name}/{site}/{OVER_HEADS[name]}"] = (
+          jnp.max if OVER_HEADS[name] == "best" else jnp.mean)(v_H)
   return out
 
 

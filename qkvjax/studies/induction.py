@@ -18,12 +18,12 @@ from qkvjax import report
 from qkvjax import stats
 from qkvjax import study
 from qkvjax import train
+from qkvjax.claim_kinds import QUOTE_INDEPENDENT
 from qkvjax.metrics import induction as ind
 from qkvjax.models.transformer import POSITIONS
 from qkvjax.studies import induction_analysis as ana
 from qkvjax.studies import induction_figures as figs
 from qkvjax.studies.induction_analysis import baselines, best, comp, drop, formed, gain, rise
-from qkvjax.studies.tied import QUOTE_INDEPENDENT
 from qkvjax.study import Claim, Figure
 
 Q_OLSSON = ("We find that induction heads develop at precisely the same point as a sudden "

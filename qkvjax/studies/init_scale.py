@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from qkvjax import effects
+from qkvjax import claim_kinds
 from qkvjax import config as config_lib
 from qkvjax import metrics
 from qkvjax import plotting
 from qkvjax import stats
 from qkvjax import study
-from qkvjax.studies import specialization as spec
 from qkvjax.study import Claim, Figure
 
-QKV = spec.QKV
+QKV = effects.QKV
 
 
 def scales(run) -> dict[str, float]:
@@ -36,21 +37,20 @@ def conditions(config) -> dict[str, dict]:
 
 def growth(run, cond) -> np.ndarray:
   """Spectral distance between W_Q, W_K, W_V at the end minus at step 0."""
-  return (spec.spectral_distance(run, -1, condition=cond)
-          - spec.spectral_distance(run, 0, condition=cond))
+  sites = effects.layers(run)
+  return (effects.spectral_distance(run, sites, -1, condition=cond)
+          - effects.spectral_distance(run, sites, 0, condition=cond))
 
 
 def moved(run, cond) -> np.ndarray:
   """||W - W_init|| / ||W_init|| at the end, mean over W_Q, W_K, W_V and layers."""
   return np.mean([run.final(f"rel_dist_init/{site}/{n}", condition=cond)
-                  for site in spec.layers(run) for n in QKV], 0)
+                  for site in effects.layers(run) for n in QKV], 0)
 
 
 def v_gap(run, cond) -> np.ndarray:
   """CKA(V, embedding) minus the larger of Q's and K's, at the end, layer mean."""
-  return np.mean([run.final(f"cka_embed/{s}/value", condition=cond) - np.maximum(
-      run.final(f"cka_embed/{s}/query", condition=cond),
-      run.final(f"cka_embed/{s}/key", condition=cond)) for s in spec.layers(run)], 0)
+  return np.mean([effects.cka_margin(run, s, condition=cond) for s in effects.layers(run)], 0)
 
 
 MEASURES = {  # name: (function, label, smallest effect of interest of the contrast)
@@ -64,21 +64,19 @@ def claims(run) -> list[Claim]:
   sc = scales(run)
   small, large = min(sc, key=sc.get), max(sc, key=sc.get)
   bar = run.file("task.json")["selection"]["verb_only_accuracy"]
-  out = [Claim(f"prerequisite: the task is learned at init scale {sc[c]:g}",
-               "(not a claim; a scale that fails the task says nothing about specialization)",
-               "qkvjax", f"final accuracy minus the best from the verb alone ({bar:.3f})",
-               lambda r, c=c: r.final("accuracy", condition=c) - bar,
-               stats.Greater(0.0, 0.05)) for c in sc]
-  quote = ("the model naturally develops functional differentiation during the "
-           "optimization")
+  out = [claim_kinds.prerequisite(
+      f"the task is learned at init scale {sc[c]:g}",
+      f"final accuracy minus the best from the verb alone ({bar:.3f})",
+      claim_kinds.final_above("accuracy", bar, condition=c),
+      why="a scale that fails the task says nothing about specialization") for c in sc]
   texts = {"growth": "W_Q, W_K, W_V differentiate more when initialized smaller",
            "moved": "W_Q, W_K, W_V move further from their initialization when it is smaller "
                     "(the rich, not the lazy, regime)",
            "v_gap": "V stays closer to the embedding than Q and K when initialized smaller"}
   for key, (fn, label, smallest) in MEASURES.items():
     out.append(Claim(
-        texts[key], quote if key != "v_gap" else
-        "A token's V (Value) is most related to the token's initial embedding",
+        texts[key], claim_kinds.QUOTE_DIFFERENTIATE if key != "v_gap" else
+        claim_kinds.QUOTE_V_EMBED,
         "division_of_labor" if key != "moved" else "chizat2019",
         f"{label} at init scale {sc[small]:g} minus at {sc[large]:g}, paired by seed; "
         f"smallest effect of interest {smallest:g}",

@@ -16,7 +16,7 @@ import math
 import numpy as np
 
 from qkvjax import config as config_lib
-from qkvjax import effects as analysis
+from qkvjax import effects
 from qkvjax import metrics
 from qkvjax import plotting
 from qkvjax import report
@@ -85,13 +85,13 @@ def last(run, prefix: str, condition: str, depth: int) -> np.ndarray:
 def qk_to_v(run, condition: str, depth: int, blocks=None) -> np.ndarray:
   """[seeds]: log10(sqrt(|grad W_Q| |grad W_K|) / |grad W_V|), mean over
   ``blocks`` (every block by default)."""
-  return -analysis.grad_ratio(run, blocks or [f"L{l}" for l in range(depth)],
+  return -effects.grad_ratio(run, blocks or [f"L{l}" for l in range(depth)],
                               condition=name(condition, depth))
 
 
 def grad_norm(run, matrix: str, condition: str, depth: int) -> np.ndarray:
   """[seeds]: gradient norm of one matrix kind, mean over blocks."""
-  return analysis.site_mean(lambda s: run.initial(f"grad_norm/{s}/{matrix}", condition=name(
+  return effects.site_mean(lambda s: run.initial(f"grad_norm/{s}/{matrix}", condition=name(
       condition, depth)), [f"L{l}" for l in range(depth)])
 
 

@@ -12,7 +12,7 @@ import itertools
 import numpy as np
 
 from qkvjax import config as config_lib
-from qkvjax import effects as analysis
+from qkvjax import effects
 from qkvjax import metrics
 from qkvjax import plotting
 from qkvjax import report
@@ -67,7 +67,7 @@ def series(run, what: str, **where) -> tuple[np.ndarray, np.ndarray]:
     return run.table(what.replace("/", f"/{s}/", 1) if "/" in what else f"{what}/{s}",
                      **where)[1]
   sites = [f"L{l}" for l in range(run.config.model.n_layers)]
-  return run.table("loss", **where)[0], analysis.site_mean(site, sites)
+  return run.table("loss", **where)[0], effects.site_mean(site, sites)
 
 
 def at_init(run, what: str, variant: str, d: int) -> np.ndarray:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from qkvjax import effects as analysis
+from qkvjax import claim_kinds
+from qkvjax import effects
+from qkvjax import figure_kinds
 from qkvjax import metrics
 from qkvjax import plotting
 from qkvjax import stats
@@ -18,40 +20,40 @@ from qkvjax import study
 from qkvjax.study import Claim, Figure
 
 plt = plotting.plt
-QKV = analysis.QKV
+QKV = effects.QKV
+QKVO = (*QKV, "out")
 QUOTE_SEEK = ("Q \"actively\" seeks certain features associated with other tokens, while K "
               "is \"passively\" prepared to be matched by other tokens")
 
 
-def layers(run) -> list[str]:
-  return [f"L{l}" for l in range(run.config.model.n_layers)]
+layers = effects.layers
 
 
 def spectral_distance(run, index: int, **where) -> np.ndarray:
-  return analysis.spectral_distance(run, layers(run), index, **where)
+  return effects.spectral_distance(run, layers(run), index, **where)
 
 
 def best_head(run, prefix: str, index: int, **where) -> np.ndarray:
   """Per seed, the max over layers and heads of ``prefix/L*/H*`` at a logging point."""
-  return analysis.best_over(run, run.keys(prefix + "/", **where), index, **where)[0]
+  return effects.best_over(run, run.keys(prefix + "/", **where), index, **where)[0]
 
 
 def qk_shared_update(run, **where) -> np.ndarray:
   """|cos(dW_Q, dW_K)| minus the mean |cos| of each with dW_V, end, layer mean."""
   def one(site):
     c = {f"{a}_{b}": np.abs(run.final(f"update_cos/{site}/{a}_{b}", **where))
-         for a, b in analysis.PAIRS}
+         for a, b in effects.PAIRS}
     return c["query_key"] - (c["query_value"] + c["key_value"]) / 2
-  return analysis.site_mean(one, layers(run))
+  return effects.site_mean(one, layers(run))
 
 
 def claims(run) -> list[Claim]:
   bar = run.file("task.json")["selection"]["verb_only_accuracy"]
   out = [
-      Claim("prerequisite: the task is learned",
-            "(not a claim; the other verdicts mean little if the model fails)", "qkvjax",
-            f"final accuracy minus the best accuracy possible from the verb alone ({bar:.3f})",
-            lambda r: r.final("accuracy") - bar, stats.Greater(0.0, 0.05)),
+      claim_kinds.prerequisite(
+          "the task is learned",
+          f"final accuracy minus the best accuracy possible from the verb alone ({bar:.3f})",
+          claim_kinds.final_above("accuracy", bar)),
       Claim("the task is solved through Q.K selection", QUOTE_SEEK, "division_of_labor",
             "final accuracy minus accuracy with W_Q = W_K = 0 in every layer (uniform "
             "attention, everything else unchanged)",
@@ -62,19 +64,14 @@ def claims(run) -> list[Claim]:
             "at step 0, relative L1 distance between the singular-value spectra of the most "
             "different pair (mean over layers); equivalence margin 0.1",
             lambda r: spectral_distance(r, 0), stats.Equivalent(0.1)),
-      Claim("W_Q, W_K, W_V differentiate during training",
-            "the model naturally develops functional differentiation during the "
-            "optimization", "division_of_labor",
-            "spectral distance (as above) at the end minus at step 0; smallest effect of "
-            "interest 0.03, the distance three independent random draws already have",
-            lambda r: spectral_distance(r, -1) - spectral_distance(r, 0),
-            stats.Greater(0.0, 0.03)),
-      Claim("the gradient reaches V through the weighted sum, Q and K only through Q.K",
-            "Gradients for W_V: Come from the final weighted sum ... Gradients for W_Q: "
-            "Mainly come from the similarity calculation", "division_of_labor",
-            "log10 of grad-norm(W_V) / geometric mean of grad-norms(W_Q, W_K) at step 0, "
-            "mean over layers (> 0: V gets the larger gradient while attention is diffuse)",
-            lambda r: analysis.grad_ratio(r, layers(r)), stats.Greater(0.0, 0.1)),
+      claim_kinds.differentiation(
+          layers(run), measured="spectral distance (as above) at the end minus at step 0; "
+          "smallest effect of interest 0.03, the distance three independent random draws "
+          "already have"),
+      claim_kinds.v_gradient(
+          "the gradient reaches V through the weighted sum, Q and K only through Q.K",
+          claim_kinds.GRADIENT_MEASURED + " (> 0: V gets the larger gradient while attention "
+          "is diffuse)", layers(run)),
       Claim("Q and K are shaped by one signal (the Q.K similarity), V by another",
             "Gradients for W_K: Also come from Q-K similarity calculation ... Gradients "
             "for W_V: Come from the final weighted sum", "division_of_labor",
@@ -87,26 +84,15 @@ def claims(run) -> list[Claim]:
             "(max over layers and heads), end minus step 0",
             lambda r: best_head(r, "attn_target", -1) - best_head(r, "attn_target", 0),
             stats.Greater(0.0, 0.1)),
-      Claim("K is a broad index, Q a focused query",
-            "K is like an index that needs to summarize all the main features of a token, "
-            "but Q focuses on querying a specific feature", "division_of_labor",
-            "effective rank of W_K minus that of W_Q at the end, mean over layers "
-            "(> 0: K spans more directions)",
-            lambda r: analysis.site_mean(lambda s: r.final(f"eff_rank/{s}/key")
-                                         - r.final(f"eff_rank/{s}/query"), layers(r)),
-            stats.Greater(0.0, 1.0)),
+      claim_kinds.k_index(
+          "effective rank of W_K minus that of W_Q at the end, mean over layers "
+          "(> 0: K spans more directions)",
+          lambda r: effects.site_mean(lambda s: r.final(f"eff_rank/{s}/key")
+                                       - r.final(f"eff_rank/{s}/query"), layers(r))),
   ]
-  for site in layers(run):
-    out.append(Claim(
-        f"V stays closest to the token's embedding (layer {site[1:]})",
-        "A token's V (Value) is most related to the token's initial embedding",
-        "division_of_labor",
-        f"layer {site[1:]}: linear CKA(V, token embedding) minus the larger of CKA(Q, "
-        "embedding) and CKA(K, embedding), at the end",
-        lambda r, s=site: r.final(f"cka_embed/{s}/value") - np.maximum(
-            r.final(f"cka_embed/{s}/query"), r.final(f"cka_embed/{s}/key")),
-        stats.Greater(0.0, 0.02)))
-  return out
+  return out + [claim_kinds.v_closest(
+      site, f"layer {site[1:]}: linear CKA(V, token embedding) minus the larger of CKA(Q, "
+      "embedding) and CKA(K, embedding), at the end") for site in layers(run)]
 
 
 # ---- figures (from the saved run) --------------------------------------------------
@@ -154,25 +140,24 @@ def loss_figure(run):
 
 
 def figures(run) -> list[Figure]:
-  def matrices(prefix, names, ylabel, title, log=False):
-    return lambda r: plotting.per_site_matrices(r, prefix, layers(r), names, ylabel, title, log)
   sample = (run.file("samples.json") or {}).get("default")
   vocab = run.file("task.json")["selection"]["vocab"]
   out = [
-      Figure("Gradient norm of each attention matrix", "grad_norms", matrices(
-          "grad_norm", ("query", "key", "value", "out"), "gradient norm",
-          "Gradient norms of $W_Q, W_K, W_V, W_O$", log=True)),
-      Figure("Relative distance from initialization", "rel_dist_init", matrices(
-          "rel_dist_init", ("query", "key", "value", "out"), "||W - W_init|| / ||W_init||",
-          "How far each matrix moved")),
-      Figure("Similarity of Q, K, V vectors to the token embedding", "embed_similarity",
-             matrices("cka_embed", QKV, "linear CKA with token embedding",
-                      "Which projection stays closest to the embedding?")),
-      Figure("Effective rank of W_Q, W_K, W_V", "eff_rank", matrices(
-          "eff_rank", QKV, "effective rank", "Effective rank (exp entropy of singular values)")),
+      figure_kinds.site_curves(
+          "Gradient norm of each attention matrix", "grad_norms", "grad_norm", QKVO,
+          "gradient norm", "Gradient norms of $W_Q, W_K, W_V, W_O$", log=True),
+      figure_kinds.site_curves(
+          "Relative distance from initialization", "rel_dist_init", "rel_dist_init", QKVO,
+          "||W - W_init|| / ||W_init||", "How far each matrix moved"),
+      figure_kinds.site_curves(
+          "Similarity of Q, K, V vectors to the token embedding", "embed_similarity",
+          "cka_embed", QKV, "linear CKA with token embedding",
+          "Which projection stays closest to the embedding?"),
+      figure_kinds.site_curves(
+          "Effective rank of W_Q, W_K, W_V", "eff_rank", "eff_rank", QKV, "effective rank",
+          "Effective rank (exp entropy of singular values)"),
       Figure("Q-K alignment on the ground-truth noun", "qk_alignment", qk_alignment_figure),
-      Figure("Singular-value spectra at initialization and at the end", "spectra",
-             lambda r: plotting.spectra_figure(r, layers(r))),
+      figure_kinds.spectra(),
       Figure("Loss and accuracy", "loss_accuracy", loss_figure),
   ]
   if sample:

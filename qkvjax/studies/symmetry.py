@@ -15,15 +15,18 @@ from __future__ import annotations
 
 import numpy as np
 
+from qkvjax import effects
+from qkvjax import claim_kinds
 from qkvjax import config as config_lib
+from qkvjax import figure_kinds
 from qkvjax import plotting
 from qkvjax import report
 from qkvjax import stats
 from qkvjax import study
 from qkvjax.metrics import circuits
+from qkvjax.figure_kinds import DotRow, Line, Panel, Ref
 from qkvjax.study import Claim, Figure
 
-plt = plotting.plt
 OBJECTIVES = {"masked": "bidirectional, masked-token", "causal": "causal, next-token"}
 COLORS = {"masked": "tab:blue", "causal": "tab:red"}
 QUOTE_SYM = ("bidirectional training induces symmetry in the weight matrices, while "
@@ -36,15 +39,11 @@ def conditions(config) -> dict[str, dict]:
           "causal": {"task": "causal_text", "model.causal": True}}
 
 
-def layers(run) -> list[str]:
-  return [f"L{l}" for l in range(run.config.model.n_layers)]
-
-
 def score(run, metric: str, cond: str, index: int) -> np.ndarray:
   """Per seed, the median over layers of ``metric/L{l}`` at a logging point:
   the statistic the paper tabulates per model."""
   return np.median([run.table(f"{metric}/{s}", condition=cond)[1][:, index]
-                    for s in layers(run)], 0)
+                    for s in effects.layers(run)], 0)
 
 
 def unigram(run, cond: str) -> float:
@@ -52,12 +51,12 @@ def unigram(run, cond: str) -> float:
 
 
 def claims(run) -> list[Claim]:
-  out = [Claim(f"prerequisite: the {OBJECTIVES[c]} objective is learned",
-               "(not a claim; scores of a model that learned nothing say little)", "qkvjax",
-               f"cross-entropy of the token frequencies ({unigram(run, c):.3f} nats, the best "
-               "context-free predictor) minus the final loss",
-               lambda r, c=c: unigram(r, c) - r.final("loss", condition=c),
-               stats.Greater(0.0, 0.1)) for c in OBJECTIVES]
+  out = [claim_kinds.prerequisite(
+      f"the {OBJECTIVES[c]} objective is learned",
+      f"cross-entropy of the token frequencies ({unigram(run, c):.3f} nats, the best "
+      "context-free predictor) minus the final loss",
+      lambda r, c=c: unigram(r, c) - r.final("loss", condition=c), 0.1,
+      why="scores of a model that learned nothing say little") for c in OBJECTIVES]
   d = run.config.model.d_model
   sym_note = (f"smallest effect of interest 0.05: about twice the spread of the score of "
               f"independent random W_Q, W_K at d_model {d} (std ≈ √2/{d} ≈ {2 ** .5 / d:.2f}), "
@@ -65,114 +64,76 @@ def claims(run) -> list[Claim]:
               "GPT-2 published (bert-large 0.44, distilgpt2 0.19)")
   dir_note = ("smallest effect of interest 0.1: a twentieth of the score's range [−1, 1] and "
               "a fifth of the published bert-base vs gpt2 gap (−0.08 vs −0.58)")
-  out += [
+  change = lambda m, c: lambda r: score(r, m, c, -1) - score(r, m, c, 0)
+  gap = lambda m: claim_kinds.paired(lambda r, c: score(r, m, c, -1), "masked", "causal")
+  return out + [
       Claim("bidirectional training makes W_Q W_K^T symmetric", QUOTE_SYM, "saponati2025",
             "masked objective: symmetry score (median over layers) at the end minus at step 0; "
-            + sym_note,
-            lambda r: score(r, "symmetry", "masked", -1) - score(r, "symmetry", "masked", 0),
-            stats.Greater(0.0, 0.05)),
+            + sym_note, change("symmetry", "masked"), stats.Greater(0.0, 0.05)),
       Claim("the bidirectional model ends more symmetric than the causal one", QUOTE_SYM,
-            "saponati2025",
-            "symmetry score at the end, masked minus causal, paired by seed (the same "
-            "initial weights); " + sym_note,
-            lambda r: score(r, "symmetry", "masked", -1) - score(r, "symmetry", "causal", -1),
-            stats.Greater(0.0, 0.05)),
+            "saponati2025", "symmetry score at the end, masked minus causal, paired by seed "
+            "(the same initial weights); " + sym_note, gap("symmetry"), stats.Greater(0.0, 0.05)),
       Claim("causal training makes W_Q W_K^T directional (dominant columns)", QUOTE_SYM,
-            "saponati2025",
-            "causal objective: directionality score (median over layers; negative = column "
-            "dominance) at the end minus at step 0, < 0 claimed; " + dir_note,
-            lambda r: score(r, "directionality", "causal", -1)
-            - score(r, "directionality", "causal", 0), stats.Less(0.0, 0.1)),
+            "saponati2025", "causal objective: directionality score (median over layers; "
+            "negative = column dominance) at the end minus at step 0, < 0 claimed; " + dir_note,
+            change("directionality", "causal"), stats.Less(0.0, 0.1)),
       Claim("the causal model ends more directional than the bidirectional one", QUOTE_SYM,
-            "saponati2025",
-            "directionality score at the end, masked minus causal, paired by seed (> 0: the "
-            "causal model's columns dominate more); " + dir_note,
-            lambda r: score(r, "directionality", "masked", -1)
-            - score(r, "directionality", "causal", -1), stats.Greater(0.0, 0.1)),
-  ]
-  return out
+            "saponati2025", "directionality score at the end, masked minus causal, paired by "
+            "seed (> 0: the causal model's columns dominate more); " + dir_note,
+            gap("directionality"), stats.Greater(0.0, 0.1))]
 
 
-# ---- figures (from the saved run) --------------------------------------------------
-def curves_figure(run):
+# ---- figures and report (from the saved run) ----------------------------------------
+def curves(run) -> list[list]:
   """Rows: symmetry, directionality, symmetry of the update; columns: layers;
   and the loss."""
   rows = {"symmetry": "symmetry", "directionality": "directionality",
           "symmetry_update": "symmetry of M − M₀"}
-  sites = layers(run)
-  fig, axes = plt.subplots(len(rows), len(sites) + 1, figsize=(3.3 * (len(sites) + 1), 6.6),
-                           squeeze=False, sharex=True)
-  n = 0
-  for i, (key, label) in enumerate(rows.items()):
-    for j, site in enumerate(sites):
-      for c in OBJECTIVES:
-        steps, vals = run.table(f"{key}/{site}", condition=c)
-        n = plotting.band(axes[i][j], steps, vals, COLORS[c], OBJECTIVES[c])
-      axes[i][j].axhline(0, color="0.5", ls=":", lw=1)
-      axes[i][j].set_title(f"{label}, layer {site[1:]}")
-    axes[i][-1].axis("off")
-  for c in OBJECTIVES:
-    steps, vals = run.table("loss", condition=c)
-    plotting.band(axes[0][-1], steps, vals, COLORS[c], OBJECTIVES[c])
-    axes[0][-1].axhline(unigram(run, c), color="0.5", ls=":", lw=1)
-  axes[0][-1].axis("on")
-  axes[0][-1].set(title="loss (dotted: token frequencies)")
-  axes[0][-1].legend(frameon=False, fontsize=7)
-  for ax in axes[-1][:-1]:
-    ax.set_xlabel("step")
-  fig.suptitle("$W_QW_K^T$ during training, per layer (the layer's sum over heads)", y=1.0)
-  fig.tight_layout()
-  plotting.seed_note(fig, n)
-  return fig
-
-
-def final_dots_figure(run):
-  panels = [(f"{m} (median over layers)", lambda c, m=m: score(run, m, c, -1))
-            for m in ("symmetry", "directionality")]
-  return plotting.dots_grid(panels, {"end of training": {c: c for c in OBJECTIVES}}, COLORS,
-                            OBJECTIVES)
+  bands = lambda key: [Line(key, COLORS[c], OBJECTIVES[c], {"condition": c}) for c in OBJECTIVES]
+  grid = [[Panel(bands(f"{key}/{s}"), title=f"{label}, layer {s[1:]}", refs=[Ref(0.0)],
+                 xlabel="step" if i == len(rows) - 1 else "") for s in effects.layers(run)]
+          + [None] for i, (key, label) in enumerate(rows.items())]
+  grid[0][-1] = Panel(bands("loss"), title="loss (dotted: token frequencies)", xlabel="",
+                      refs=[Ref(unigram(run, c)) for c in OBJECTIVES], legend="best")
+  return grid
 
 
 def heads_figure(run):
   """Per objective, the seed-mean final score of each layer (rows) and head."""
-  n_heads, sites = run.config.model.n_heads, layers(run)
-  fig, axes = plt.subplots(2, 2, figsize=(1.6 + 1.2 * n_heads, 1.6 + 1.3 * len(sites)),
-                           squeeze=False, gridspec_kw={"hspace": 0.6})
-  for i, metric in enumerate(("symmetry", "directionality")):
-    for j, c in enumerate(OBJECTIVES):
-      m = np.array([[np.nanmean(run.final(f"{metric}/{s}/H{h}", condition=c))
-                     for h in range(n_heads)] for s in sites])
-      im = axes[i][j].imshow(m, cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
-      axes[i][j].set(title=f"{metric}, {c}", xticks=range(n_heads),
-                     xticklabels=[f"H{h}" for h in range(n_heads)],
-                     yticks=range(len(sites)), yticklabels=sites)
-      for (y, x), v in np.ndenumerate(m):
-        axes[i][j].text(x, y, f"{v:.2f}", ha="center", va="center", fontsize=6)
-  fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8)
+  n_heads, sites = run.config.model.n_heads, effects.layers(run)
+  grids = {f"{metric}, {c}": (np.array([[np.nanmean(run.final(f"{metric}/{s}/H{h}", condition=c))
+                                         for h in range(n_heads)] for s in sites]), -1, 1, "RdBu_r")
+           for metric in ("symmetry", "directionality") for c in OBJECTIVES}
   n = plotting.seeds_counted(run.final("loss", condition="masked"))
-  fig.text(0.99, 0.0, f"each head's own W_Q^h (W_K^h)^T; cells: mean over {n} seeds",
-           ha="right", fontsize=7, color="0.4")
-  return fig
+  return plotting.layer_head_heatmaps(
+      grids, sites, "Per-head scores at the end", ncols=2, annotate=True,
+      note=f"each head's own W_Q^h (W_K^h)^T; cells: mean over {n} seeds")
 
 
 def figures(run) -> list[Figure]:
-  return [Figure("Symmetry and directionality during training", "curves", curves_figure),
-          Figure("Scores at the end, per seed", "final_scores", final_dots_figure),
+  del run
+  return [figure_kinds.curves(
+      "Symmetry and directionality during training", "curves", curves, sharey=False,
+      suptitle="$W_QW_K^T$ during training, per layer (the layer's sum over heads)",
+      width=3.3, height=2.2),
+          figure_kinds.dots(
+      "Scores at the end, per seed", "final_scores", lambda r: [
+          DotRow(f"{m} (median over layers)", lambda c, m=m: score(r, m, c, -1))
+          for m in ("symmetry", "directionality")],
+      lambda r: {"end of training": {c: c for c in OBJECTIVES}}, COLORS, OBJECTIVES),
           Figure("Per-head scores at the end", "heads", heads_figure)]
 
 
-# ---- report: beside the published values ---------------------------------------------
 def ours(run) -> list[list]:
-  rows = []
+  cfg, rows = run.config.model, []
   for c, label in OBJECTIVES.items():
     for when, what, index in (("step 0", "", 0), ("end", "", -1),
                               ("end, update M − M₀ only", "_update", -1)):
-      sym = stats.describe(score(run, "symmetry" + what, c, index))
-      dirn = stats.describe(score(run, "directionality" + what, c, index))
-      rows.append([f"qkvjax, {run.config.model.n_layers}-layer, d_model "
-                   f"{run.config.model.d_model} ({when}; {sym['n']} seeds)",
-                   label, report.effect_cell(sym), report.effect_cell(dirn),
-                   "this run"])
+      sym, dirn = (stats.describe(score(run, m + what, c, index))
+                   for m in ("symmetry", "directionality"))
+      rows.append([f"qkvjax, {cfg.n_layers}-layer, d_model {cfg.d_model} ({when}; "
+                   f"{sym['n']} seeds)", label, report.effect_cell(sym),
+                   report.effect_cell(dirn), "this run"])
   return rows
 
 
@@ -195,16 +156,12 @@ def pretrained_rows() -> tuple[list[list], str]:
 
 def sections(run, summary) -> list[str]:
   del summary
-  src = "Saponati et al. (2025), the tables of the paper's repository"
-  pub = [[name, kind, report.fmt(s), report.fmt(d), src]
-         for name, kind, s, d in circuits.PUBLISHED_MEDIANS]
   rows, note = pretrained_rows()
   lines = ["## Beside the published values", "",
            "Symmetry and directionality of M = W_Q W_K^T, the layer's sum over heads, "
            "median over layers (for this run: per seed, then mean ± std and 95% CI over seeds). "
            "Published numbers are medians over a model's layers.", ""]
-  lines += report.table(["model", "objective", "symmetry", "directionality", "source"],
-                        ours(run) + rows + pub)
+  lines += report.structure_table(ours(run) + rows)
   return lines + ([""] + [note] if note else []) + [""]
 
 

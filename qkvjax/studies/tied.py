@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import re
 
-import jax.numpy as jnp
 import numpy as np
 
+from qkvjax import effects
+from qkvjax import claim_kinds
 from qkvjax import config as config_lib
+from qkvjax import figure_kinds
+from qkvjax import metrics
 from qkvjax import plotting
 from qkvjax import report
 from qkvjax import stats
 from qkvjax import study
 from qkvjax import train
+from qkvjax.figure_kinds import BandRow, DotRow, Ref
 from qkvjax.study import Claim, Figure
-from qkvjax.tasks import base
 
 MODES = {  # model overrides of each tie mode
     "none": {"model.tie": "none", "model.value_proj": True},
@@ -39,14 +42,11 @@ TASKS = {  # title; the bar for "learned": the best accuracy from the last token
     "selection": ("selection: verb -> the noun it selects\n(asymmetric)", "verb_only_accuracy"),
     "match": ("match: probe noun -> the noun of its category\n(symmetric)",
               "probe_only_accuracy")}
-QUOTE_INDEPENDENT = "Q/K/V come from three completely independent matrix multiplications"
 QUOTE_SEPARATE = ("This separation enables more expressive attention patterns than "
                   "using the same representation for all three roles.")
 QUOTE_SELF = ("(consequence of W_K = W_Q: symmetric scores, and a token scores itself "
               "at least as high as any key of no larger norm)")
-# Per-head metrics are also logged over the heads: their mean, or the best head's.
-HEADS = {"attn_self": "mean", "attn_target": "best", "self_ge_target": "mean",
-         "key_norm_ratio": "mean"}
+HEADS = metrics.attention.OVER_HEADS  # over the heads: their mean, or the best head's
 
 
 def conditions(config) -> dict[str, dict]:
@@ -55,59 +55,19 @@ def conditions(config) -> dict[str, dict]:
 
 def validate(c) -> None:
   config_lib.validate_common(c)
-  for path, names in (("conditions", MODES), ("tasks", TASKS)):
-    config_lib.require_values(c, path, names.__contains__,
-                              f"distinct names from {', '.join(names)}")
-  for path, default in (("model.tie", "none"), ("model.value_proj", True)):
-    config_lib.require(config_lib.field(c, path) == default, path, config_lib.field(c, path),
-                       f"{default!r}, set per condition by this study (choose variants "
-                       "with config.conditions)")
+  config_lib.require_names(c, "conditions", MODES)
+  config_lib.require_names(c, "tasks", TASKS)
+  config_lib.require_per_condition(c, {"model.tie": "none", "model.value_proj": True},
+                                   "variants with config.conditions")
   config_lib.require(0 < c.threshold <= 1, "threshold", c.threshold, "0 < threshold <= 1")
   config_lib.require_at_least(c, ("eval_batch_size",))
   config_lib.require_at_least(c, ("acc_margin", "speed_margin"), 0)
 
 
-# ---- metric (inside the jit) ----------------------------------------------------------
-def eval_metrics(m) -> dict:
-  """On one fixed eval batch: loss, accuracy, accuracy with uniform attention
-  (scores times 0: no selection, values kept); per site, ||S - S^T|| / ||S|| of
-  the scores (0 when W_K = W_Q); at the last position, per head and over heads:
-  attention on itself and on the target, P(own score >= target's), and
-  ||k_target|| / ||k_self||."""
-  ev = m.eval_batch(m.config.eval_batch_size)
-  loss, task_metrics, captured = m.forward(ev)
-  out = {"eval_loss": loss, "eval_accuracy": task_metrics["accuracy"],
-         "uniform_attn/accuracy": m.forward(ev, attn_scale=0.0)[1]["accuracy"]}
-  is_target_BxS = jnp.arange(ev.tokens_BxT.shape[1])[None, :] == ev.target_pos_B[:, None]
-  on_target = lambda x_BxHxS: jnp.sum(jnp.where(is_target_BxS[:, None], x_BxHxS, 0.0), -1)
-  for site, tr in captured.attention.items():
-    s_BxHxTxS = tr.logits_BxHxTxS
-    out[f"score_asym/{site}"] = (jnp.linalg.norm(s_BxHxTxS - jnp.swapaxes(s_BxHxTxS, -1, -2))
-                                 / (jnp.linalg.norm(s_BxHxTxS) + 1e-12))
-    w_BxHxS, z_BxHxS = tr.weights_BxHxTxS[:, :, -1], s_BxHxTxS[:, :, -1]
-    k_norm_BxSxH = jnp.linalg.norm(tr.key_BxSxHxD, axis=-1)
-    per_head_BxH = {
-        "attn_self": w_BxHxS[:, :, -1], "attn_target": on_target(w_BxHxS),
-        "self_ge_target": z_BxHxS[:, :, -1] >= on_target(z_BxHxS),
-        "key_norm_ratio": (base.at_position(k_norm_BxSxH, ev.target_pos_B)
-                           / (k_norm_BxSxH[:, -1] + 1e-12))}
-    for name, v_BxH in per_head_BxH.items():
-      v_H = jnp.mean(v_BxH, 0)
-      out.update({f"{name}/{site}/H{h}": v_H[h] for h in range(v_H.shape[0])})
-      out[f"{name}/{site}/{HEADS[name]}"] = (jnp.max if HEADS[name] == "best" else jnp.mean)(v_H)
-  return out
-
-
 # ---- analysis (from the saved run) ----------------------------------------------------
-def censor(run) -> int:
-  """The steps a seed that never reaches the threshold counts as."""
-  return run.config.steps + run.config.log_every
-
-
 def reach(run, cond: str) -> np.ndarray:
-  """Per seed, steps to the threshold (``censor`` if never reached)."""
-  steps, acc = run.table("eval_accuracy", condition=cond)
-  return stats.steps_to_threshold(steps, acc, run.config.threshold, censor(run))
+  """Per seed, steps to the threshold (``effects.censor`` if never reached)."""
+  return effects.steps_to(run, "eval_accuracy", run.config.threshold, condition=cond)
 
 
 def slowdown(run, task: str, mode: str) -> np.ndarray:
@@ -134,20 +94,20 @@ def claims(run) -> list[Claim]:
   acc = lambda r, t, mode: r.final("eval_accuracy", condition=f"{t}/{mode}")
   own = lambda r, t, mode: over_heads(r, "attn_self", f"{t}/{mode}")[:, -1]
   for t in c.tasks:
-    out.append(Claim(
-        f"prerequisite: separate W_Q, W_K, W_V learn the {t} task",
-        "(not a claim; comparisons mean little if the baseline fails)", "qkvjax",
+    out.append(claim_kinds.prerequisite(
+        f"separate W_Q, W_K, W_V learn the {t} task",
         f"{t}: final eval accuracy minus the best accuracy from the last token alone "
         f"({bar(run, t):.3f}); smallest effect of interest 0.05, as for every prerequisite",
-        lambda r, t=t: acc(r, t, "none") - bar(r, t), stats.Greater(0.0, 0.05)))
+        lambda r, t=t: acc(r, t, "none") - bar(r, t),
+        why="comparisons mean little if the baseline fails"))
     for mode in modes:
       quote = ((QUOTE_SEPARATE, "qkv_mechanism") if mode in tied
-               else (QUOTE_INDEPENDENT, "division_of_labor"))
+               else (claim_kinds.QUOTE_INDEPENDENT, "division_of_labor"))
       out += [Claim(
           f"{PLAIN[mode]} learns the {t} task more slowly", *quote,
           f"{t}: log2(steps to {c.threshold:.0%} eval accuracy with {PLAIN[mode]} / with "
           "separate matrices), paired by seed; never reached counts as "
-          f"{censor(run)} steps; smallest effect of interest: {slow_text}",
+          f"{effects.censor(run)} steps; smallest effect of interest: {slow_text}",
           lambda r, t=t, mode=mode: slowdown(r, t, mode), stats.Greater(0.0, c.speed_margin)),
               Claim(
           f"{PLAIN[mode]} ends less accurate on the {t} task", *quote,
@@ -175,8 +135,8 @@ def claims(run) -> list[Claim]:
 
 
 def summary(run) -> dict:
-  steps = {c: {**stats.describe(v), "per_seed": v, "reached": int(np.sum(v < censor(run)))}
-           for c, v in ((c, reach(run, c)) for c in run.conditions)}
+  steps = {c: effects.steps_summary(reach(run, c), effects.censor(run))
+           for c in run.conditions}
   return {"threshold": run.config.threshold, "steps_to_threshold": steps,
           "last_token_only_accuracy": {t: bar(run, t) for t in run.config.tasks}}
 
@@ -187,66 +147,40 @@ def groups(run) -> dict[str, dict[str, str]]:
   return {TASKS[t][0]: {m: f"{t}/{m}" for m in run.config.conditions} for t in run.config.tasks}
 
 
-def accuracy_figure(run):
-  fig = plotting.band_grid(run, [("eval accuracy", "eval_accuracy")], groups(run), COLORS,
-                           LABELS, height=2.7, width=4.2)
-  for ax, t in zip(fig.axes, run.config.tasks):
-    ax.axhline(run.config.threshold, color="0.5", ls="--", lw=1, label="threshold")
-    ax.axhline(bar(run, t), color="0.5", ls=":", lw=1, label="last token alone")
-    ax.set_ylim(0, 1.02)
-  ax.legend(frameon=False, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
-  return fig
-
-
-def self_attention_figure(run):
-  panels = {"attn_self": "attention on itself", "attn_target": "attention on the target",
-            "self_ge_target": "P(own score >= target's)",
-            "key_norm_ratio": "||k_target|| / ||k_self||"}
-  fig = plotting.band_grid(run, [(f"{label}\n({HEADS[k]} over heads)", lambda c, k=k: over_heads(
-      run, k, c)) for k, label in panels.items()], groups(run), COLORS, LABELS, 2.1, 4.2)
-  fig.suptitle(f"At the prediction position (layer {run.config.model.n_layers - 1}), "
-               "eval batch", y=1.01)
-  return fig
-
-
-def outcome_figure(run):
-  fig = plotting.dots_grid([
-      (f"steps to {run.config.threshold:.0%} eval accuracy\n(hollow, dotted line: not "
-       "reached)", lambda c: reach(run, c)),
-      ("final eval accuracy", lambda c: run.final("eval_accuracy", condition=c))],
-                           groups(run), COLORS, LABELS, censor(run), width=4.2)
-  n = len(run.config.tasks)
-  for ax in fig.axes[:n]:
-    ax.axhline(censor(run), color="0.5", ls=":", lw=1)
-  for ax in fig.axes[n:2 * n]:
-    ax.set_ylim(0, 1.02)
-  return fig
-
-
-def score_figure(run, samples, what: str):
-  """Rows: tasks; columns: mode x head (last layer); one sample sequence each."""
-  rows = {t: {LABELS[m]: f"{t}/{m}" for m in run.config.conditions} for t in run.config.tasks}
-  vocab = {c: run.file("task.json")[c.split("/")[0]]["vocab"] for c in run.conditions}
-  seeds = ", ".join(map(str, sorted({s["seed"] for s in samples.values()})))
-  text = {"logits": "scores (scaled q.k, before the causal mask; symmetric when W_K = W_Q)",
-          "weights": "attention weights"}[what]
-  return plotting.sample_grid(
-      samples, rows, vocab, f"L{run.config.model.n_layers - 1}", what,
-      f"Last layer {text} on one sample per task (seed {seeds}); red box: prediction "
-      "position -> target")
+SELF_PANELS = {"attn_self": "attention on itself", "attn_target": "attention on the target",
+               "self_ge_target": "P(own score >= target's)",
+               "key_norm_ratio": "||k_target|| / ||k_self||"}
 
 
 def figures(run) -> list[Figure]:
-  samples = run.file("samples.json")
-  return [Figure("Eval accuracy during training", "accuracy", accuracy_figure),
-          Figure("Steps to threshold and final accuracy, per seed", "outcomes", outcome_figure),
-          Figure("What W_K = W_Q does at the prediction position", "self_attention",
-                 self_attention_figure)] + [
-              Figure(f"{title} on a sample sequence", name,
-                     lambda r, what=what: score_figure(r, samples, what))
-              for title, name, what in (("Score matrices", "score_matrices", "logits"),
-                                        ("Attention weights", "attention_maps", "weights"))
-              if samples]
+  c = run.config
+  return [
+      figure_kinds.bands(
+          "Eval accuracy during training", "accuracy", lambda r: [BandRow(
+              "eval accuracy", "eval_accuracy", lambda j: [
+                  Ref(c.threshold, "threshold", "--"),
+                  Ref(bar(r, c.tasks[j]), "last token alone")], (0, 1.02))],
+          groups, COLORS, LABELS, height=2.7, width=4.2),
+      figure_kinds.dots(
+          "Steps to threshold and final accuracy, per seed", "outcomes", lambda r: [
+              DotRow(f"steps to {c.threshold:.0%} eval accuracy\n(hollow, dotted line: not "
+                     "reached)", lambda cond: reach(r, cond), [Ref(effects.censor(r))]),
+              DotRow("final eval accuracy", lambda cond: r.final("eval_accuracy",
+                                                                 condition=cond),
+                     ylim=(0, 1.02))], groups, COLORS, LABELS, effects.censor, width=4.2),
+      figure_kinds.bands(
+          "What W_K = W_Q does at the prediction position", "self_attention", lambda r: [
+              BandRow(f"{label}\n({HEADS[k]} over heads)",
+                      lambda cond, k=k: over_heads(r, k, cond))
+              for k, label in SELF_PANELS.items()], groups, COLORS, LABELS,
+          lambda r: f"At the prediction position (layer {c.model.n_layers - 1}), eval batch",
+          height=2.1, width=4.2),
+      *figure_kinds.sample_maps(
+          run, {t: {LABELS[m]: f"{t}/{m}" for m in c.conditions} for t in c.tasks},
+          {cond: run.file("task.json")[cond.split("/")[0]]["vocab"] for cond in run.conditions},
+          f"L{c.model.n_layers - 1}", "Last layer {what} on one sample per task (seed {seeds}); "
+          "red box: prediction position -> target",
+          "scores (scaled q.k, before the causal mask; symmetric when W_K = W_Q)")]
 
 
 def describe(run) -> str:
@@ -260,22 +194,20 @@ def describe(run) -> str:
 
 def sections(run, summ) -> list[str]:
   last = f"L{run.config.model.n_layers - 1}"
-  cols = {"accuracy with uniform attention": "uniform_attn/accuracy",
-          "self-attention at init → end": f"attn_self/{last}/mean",
-          "target attention (best head)": f"attn_target/{last}/best",
-          "P(own score ≥ target's)": f"self_ge_target/{last}/mean",
-          "‖k_target‖/‖k_self‖": f"key_norm_ratio/{last}/mean",
-          "score asymmetry": f"score_asym/{last}"}
-  rows = []
-  for cond in run.conditions:
-    steps, final = summ["steps_to_threshold"][cond], summ["final"][cond]
-    cells = [report.fmt(final[k]["mean"]) for k in cols.values()]
-    at_init = np.nanmean(run.initial(f"attn_self/{last}/mean", condition=cond))
-    cells[1] = f"{report.fmt(at_init)} → {cells[1]}"
-    rows.append([cond, report.effect_cell(final["eval_accuracy"]),
-                 f"{report.effect_cell(steps)} ({steps['reached']}/{steps['n']})", *cells])
-  return ["## Per condition (final values)", ""] + report.table(
-      ["condition", "eval accuracy", "steps to threshold (reached)", *cols], rows) + [
+  steps, final = summ["steps_to_threshold"], summ["final"]
+  mean = lambda key: lambda cond: report.fmt(final[cond][key]["mean"])
+  init = lambda c: report.fmt(np.nanmean(run.initial(f"attn_self/{last}/mean", condition=c)))
+  return ["## Per condition (final values)", ""] + report.spec_table({
+      "condition": str, "eval accuracy": lambda c: report.effect_cell(final[c]["eval_accuracy"]),
+      "steps to threshold (reached)": lambda c: (
+          f"{report.effect_cell(steps[c])} ({steps[c]['reached']}/{steps[c]['n']})"),
+      "accuracy with uniform attention": mean("uniform_attn/accuracy"),
+      "self-attention at init → end": lambda c: (
+          f"{init(c)} → {mean(f'attn_self/{last}/mean')(c)}"),
+      "target attention (best head)": mean(f"attn_target/{last}/best"),
+      "P(own score ≥ target's)": mean(f"self_ge_target/{last}/mean"),
+      "‖k_target‖/‖k_self‖": mean(f"key_norm_ratio/{last}/mean"),
+      "score asymmetry": mean(f"score_asym/{last}")}, run.conditions) + [
           "", "Best accuracy from the last token alone: " + ", ".join(
               f"{t} {v:.3f}" for t, v in summ["last_token_only_accuracy"].items()) + ". "
           "Uniform attention: scores times 0 (values kept), so what is left needs no "
@@ -286,6 +218,6 @@ def sections(run, summ) -> list[str]:
 
 STUDY = study.Study(
     name="tied", title="qkvjax `tied`: must Q, K and V come from three independent matrices?",
-    task="selection", conditions=conditions, metrics=(eval_metrics,), claims=claims,
+    task="selection", conditions=conditions, metrics=(metrics.prediction_attention,), claims=claims,
     figures=figures, describe=describe, validate=validate, compile_options=train.FAST_COMPILE,
     samples=study.attention_samples, sections=sections, summary=summary)

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from qkvjax import config as config_lib
-from qkvjax import effects as analysis
+from qkvjax import effects
 from qkvjax import metrics
 from qkvjax import models
 from qkvjax import plotting
@@ -94,7 +94,7 @@ def best_cross_head(run, index: int) -> tuple[np.ndarray, list[str]]:
   """Per seed: the largest cross-attention monotonicity over layers and heads
   at a logging point, and which head it was (``L<l>/H<h>``)."""
   keys = [k for k in run.keys("cross_monotonic/") if not k.endswith("/mean")]
-  best, which = analysis.best_over(run, keys, index)
+  best, which = effects.best_over(run, keys, index)
   return best, ["{2}/{4}".format(*k.split("/")) if k else "none" for k in which]
 
 
@@ -132,8 +132,8 @@ def claims(run) -> list[Claim]:
       "relative L1 distance between the singular-value spectra of the most different pair of "
       "W_Q, W_K, W_V (mean over layers), end minus step 0; smallest effect of interest 0.03, "
       "the distance three independent random draws already have",
-      lambda r, s=s: (analysis.spectral_distance(r, s, -1)
-                      - analysis.spectral_distance(r, s, 0)),
+      lambda r, s=s: (effects.spectral_distance(r, s, -1)
+                      - effects.spectral_distance(r, s, 0)),
       stats.Greater(0.0, 0.03)) for title, s in kinds]
   out += [Claim(
       f"V gets the larger gradient at init ({title})",
@@ -141,7 +141,7 @@ def claims(run) -> list[Claim]:
       "come from the similarity calculation", "division_of_labor",
       "log10 of grad-norm(W_V) / geometric mean of grad-norms(W_Q, W_K) at step 0, mean over "
       "layers (> 0: V's is larger); smallest effect of interest 0.1 (x1.26)",
-      lambda r, s=s: analysis.grad_ratio(r, s), stats.Greater(0.0, 0.1)) for title, s in kinds]
+      lambda r, s=s: effects.grad_ratio(r, s), stats.Greater(0.0, 0.1)) for title, s in kinds]
   return out
 
 

@@ -124,6 +124,11 @@ class TwoRelationBatch(NamedTuple):
 
 
 RELATIONS = ("select", "prev")  # the two relations of TwoRelationTask, in order
+RELATION_TEXT = {"select": "select: verb -> the noun it selects (answer: its colour)",
+                 "prev": "prev: verb -> the token before it (answer: the adverb's manner)"}
+# Per relation, the ``tables()`` entry with the best accuracy without attention: what
+# the verb alone predicts of the selected noun's colour, and the most common manner.
+CHANCE_KEYS = {"select": "verb_only_accuracy", "prev": "manner_majority_accuracy"}
 
 
 @dataclasses.dataclass(frozen=True)

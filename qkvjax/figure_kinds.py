@@ -1,0 +1,201 @@
+"""Figure kinds a study declares instead of drawing: each builds a
+``study.Figure`` from what differs between studies (metric keys, sites,
+conditions, labels), and draws it from the saved run with the kit in
+``plotting`` (bands of mean ± 1 std over seeds, the seed count stated).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from qkvjax import effects
+from qkvjax import plotting
+from qkvjax import results
+from qkvjax.study import Figure
+
+RIGHT = {"loc": "center left", "bbox_to_anchor": (1.02, 0.5)}  # a legend beside the axes
+
+
+@dataclasses.dataclass(frozen=True)
+class Line:
+  """One band: ``values`` a metric key (against the logged steps) or a
+  function of the run -> ``(x, [seeds, len(x)])``; ``where`` selects rows."""
+  values: str | Callable[[results.Run], tuple]
+  color: Any
+  label: str | None
+  where: dict = dataclasses.field(default_factory=dict)
+  ls: str = "-"
+
+
+@dataclasses.dataclass(frozen=True)
+class Ref:
+  """A grey reference level (``label`` None: left out of the legend)."""
+  y: float
+  label: str | None = None
+  ls: str = ":"
+
+
+@dataclasses.dataclass(frozen=True)
+class Panel:
+  """One axes of bands. ``legend``: None, "best" or "right" (beside it);
+  ``xticks``: the x ticks (on a log2 axis with ``xlog2``: depths)."""
+  lines: Sequence[Line]
+  ylabel: str = ""
+  title: str = ""
+  xlabel: str = "step"
+  log: bool = False
+  ylim: tuple | None = None
+  refs: Sequence[Ref] = ()
+  legend: str | None = None
+  xticks: Sequence[int] | None = None
+  xlog2: bool = False
+
+
+def draw_panels(run: results.Run, grid: Sequence[Sequence[Panel | None]], suptitle: str = "",
+                note: str = "", width: float = 3.2, height: float = 2.6,
+                sharey: bool = False):
+  """A grid of ``Panel`` rows (None: an empty cell), then the seed note."""
+  cols = max(len(row) for row in grid)
+  fig, axes = plotting.plt.subplots(len(grid), cols, figsize=(width * cols, height * len(grid)),
+                                    squeeze=False, sharey=sharey)
+  n = 0
+  for (i, j), ax in np.ndenumerate(axes):
+    panel = grid[i][j] if j < len(grid[i]) else None
+    if panel is None:
+      ax.axis("off")
+      continue
+    for line in panel.lines:
+      x, values = (run.table(line.values, **line.where) if isinstance(line.values, str)
+                   else line.values(run))
+      n = max(n, plotting.band(ax, x, values, line.color, line.label, log=panel.log))
+      ax.lines[-1].set_linestyle(line.ls)
+    for ref in panel.refs:
+      ax.axhline(ref.y, color="0.5", ls=ref.ls, lw=1, label=ref.label)
+    ax.set(xlabel=panel.xlabel, ylabel=panel.ylabel, title=panel.title)
+    if panel.ylim is not None:
+      ax.set_ylim(*panel.ylim)
+    if panel.xlog2:
+      ax.set_xscale("log", base=2)
+    if panel.xticks is not None:
+      ax.set_xticks(panel.xticks, [str(t) for t in panel.xticks])
+    if panel.legend:
+      ax.legend(frameon=False, fontsize=7, **(RIGHT if panel.legend == "right" else {}))
+  if suptitle:
+    fig.suptitle(suptitle, y=1.02)
+  fig.tight_layout()
+  plotting.seed_note(fig, n, note)
+  return fig
+
+
+def curves(title: str, name: str, grid: Callable[[results.Run], list], **options) -> Figure:
+  """Bands in a grid of panels: ``grid(run)`` is a list of rows of ``Panel``
+  (a row may be one ``Panel``); ``options`` go to ``draw_panels``."""
+  return Figure(title, name, lambda r: draw_panels(
+      r, [row if isinstance(row, (list, tuple)) else [row] for row in grid(r)], **options))
+
+
+def site_curves(title: str, name: str, prefix: str, names: Sequence[str], ylabel: str,
+                suptitle: str, log: bool = False,
+                sites: Callable[[results.Run], list[str]] = effects.layers, **options) -> Figure:
+  """Per attention site, ``prefix/<site>/<name>`` over training, a band per
+  name (``plotting.per_site_matrices``)."""
+  return Figure(title, name, lambda r: plotting.per_site_matrices(
+      r, prefix, sites(r), names, ylabel, suptitle, log, **options))
+
+
+def spectra(sites: Callable[[results.Run], list[str]] = effects.layers) -> Figure:
+  """Singular values of W_Q, W_K, W_V per site, at step 0 and at the end."""
+  return Figure("Singular-value spectra at initialization and at the end", "spectra",
+                lambda r: plotting.spectra_figure(r, sites(r)))
+
+
+@dataclasses.dataclass(frozen=True)
+class DotRow:
+  """A row of per-seed dots: ``values(condition)`` -> [seeds]."""
+  ylabel: str
+  values: Callable[[str], np.ndarray]
+  refs: Sequence[Ref] = ()
+  ylim: tuple | None = None
+
+
+def dots(title: str, name: str, rows: Callable[[results.Run], list[DotRow]],
+         groups: Callable[[results.Run], dict[str, dict[str, str]]], colors: dict,
+         labels: dict | None = None, censor: Callable | None = None, **options) -> Figure:
+  """Rows ``DotRow``; columns ``groups(run)`` {title: {series: condition}};
+  one dot per seed (hollow at or past ``censor(run)``), mean ± std."""
+  def draw(run):
+    spec, cols = rows(run), groups(run)
+    fig = plotting.dots_grid([(r.ylabel, r.values) for r in spec], cols, colors, labels,
+                             censor(run) if censor else None, **options)
+    for k, ax in enumerate(fig.axes):
+      row = spec[k // len(cols)]
+      for ref in row.refs:
+        ax.axhline(ref.y, color="0.5", ls=ref.ls, lw=1, label=ref.label)
+      if row.ylim is not None:
+        ax.set_ylim(*row.ylim)
+    return fig
+  return Figure(title, name, draw)
+
+
+@dataclasses.dataclass(frozen=True)
+class BandRow:
+  """A row of bands: ``values`` a metric key or ``condition -> [seeds, steps]``;
+  ``refs(column index)`` the grey levels of each column's axes; ``title``
+  (if given) replaces the column title on this row's axes."""
+  ylabel: str
+  values: str | Callable[[str], np.ndarray]
+  refs: Callable[[int], Sequence[Ref]] = lambda j: ()
+  ylim: tuple | None = None
+  title: str | None = None
+  linear: bool = False
+
+
+def bands(title: str, name: str, rows: Callable[[results.Run], list[BandRow]],
+          groups: Callable[[results.Run], dict[str, dict[str, str]]], colors: dict,
+          labels: dict | None = None, suptitle: Callable[[results.Run], str] | None = None,
+          **options) -> Figure:
+  """Rows ``BandRow``; columns ``groups(run)`` {title: {series: condition}};
+  a band per series over training (``plotting.band_grid``), the legend beside
+  the top right axes; ``options`` go to ``band_grid``."""
+  def draw(run):
+    spec, cols = rows(run), groups(run)
+    fig = plotting.band_grid(run, [(r.ylabel, r.values) for r in spec], cols, colors, labels,
+                             **options)
+    for k, ax in enumerate(fig.axes):
+      row, j = spec[k // len(cols)], k % len(cols)
+      for ref in row.refs(j):
+        ax.axhline(ref.y, color="0.5", ls=ref.ls, lw=1, label=ref.label)
+      if row.ylim is not None:
+        ax.set_ylim(*row.ylim)
+      if row.title is not None:
+        ax.set_title(row.title)
+      if row.linear:
+        ax.set_yscale("linear")
+    fig.axes[len(cols) - 1].legend(frameon=False, fontsize=7, loc="center left",
+                                   bbox_to_anchor=(1.0, 0.5))
+    if suptitle:
+      fig.suptitle(suptitle(run), y=1.02)
+    fig.tight_layout()
+    return fig
+  return Figure(title, name, draw)
+
+
+def sample_maps(run: results.Run, rows: dict[str, dict[str, str]], vocab: dict, site: str,
+                caption: str, scores: str) -> list[Figure]:
+  """Score matrices (``scores`` says what they are) and attention weights at
+  ``site`` on one saved sample per condition (``study.attention_samples``;
+  none without samples): rows {title: {label: condition}}, ``vocab``
+  {condition: tokens} (``plotting.sample_grid``); ``caption`` is formatted
+  with ``what`` and ``seeds``."""
+  samples = run.file("samples.json")
+  seeds = ", ".join(map(str, sorted({s["seed"] for s in (samples or {}).values()})))
+  return [Figure(f"{title} on a sample sequence", name, lambda r, what=what, text=text: (
+      plotting.sample_grid(samples, rows, vocab, site, what,
+                           caption.format(what=text, seeds=seeds))))
+          for title, name, what, text in (
+              ("Score matrices", "score_matrices", "logits", scores),
+              ("Attention weights", "attention_maps", "weights", "attention weights"))
+          if samples]
