@@ -74,7 +74,9 @@ def test_the_audit_sees_a_lapack_call():
 
 def test_folded_sweep_measurement_finishes_with_12_runs_per_device():
   """The headline's every metric group (spectra and OV copying among them)
-  on a folded program of 12 runs per device, one device per core."""
+  on a folded program of 12 runs per device, one device per core, must
+  finish: XLA's CPU SVD once deadlocked when the run axis was sharded, so
+  the spectra are finished on the host. A hang fails here, not CI."""
   devices = max(2, os.cpu_count() or 1)
   script = (
       "import jax\n"
@@ -87,11 +89,11 @@ def test_folded_sweep_measurement_finishes_with_12_runs_per_device():
       "                  S.STUDY.logged_metrics())\n"
       "m = t.fetch(t.measure_states(t.init_states()))\n"
       "print(len(jax.devices()), t.padded_runs, len(m['ov_copying/L0/H0']),\n"
-      "      len(m['sv/L0/query/000']))\n")
+      "      len(m['sv/L0/query/000']), m['eff_rank/L1/value'].min() > 1)\n")
   proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
                         text=True, timeout=300,
                         env={**os.environ, "JAX_PLATFORMS": "cpu",
                              "JAX_NUM_CPU_DEVICES": str(devices)})
   assert proc.returncode == 0, proc.stderr[-3000:]
   runs = 12 * devices
-  assert proc.stdout.split() == [str(devices), str(runs), str(runs), str(runs)]
+  assert proc.stdout.split() == [str(devices), str(runs), str(runs), str(runs), "True"]

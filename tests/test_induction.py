@@ -19,6 +19,7 @@ from qkvjax import models
 from qkvjax.metrics import induction as ind
 from qkvjax.tasks import induction as task_lib
 from tests.conftest import ROOT
+from tests.conftest import tiny_group
 
 
 def _task(**kw):
@@ -239,13 +240,10 @@ def test_conditions_are_three_programs_and_the_paper_variant_is_valid(tmp_path):
   study.check(study_mod.STUDY, cfg_mod.get_config("paper"), tmp_path)
 
 
-def test_end_to_end_tiny(tmp_path):
+@tiny_group("induction")
+def test_end_to_end_tiny(tiny_run):
   import json  # pylint: disable=g-import-not-at-top
-  from experiments import run as run_cli  # pylint: disable=g-import-not-at-top
-  args = ["run", "--exp=induction", f"--results_dir={tmp_path}", "--noprogress",
-          "--figure_formats=png", "--config=tiny"]
-  assert run_cli.main(args) == 0
-  (run_dir,) = (tmp_path / "induction").iterdir()
+  run_dir = tiny_run("induction")
   summary = json.loads((run_dir / "summary.json").read_text())
   assert len(summary["claims"]) == 15 and len(summary["drop_step"]) == 2
   final = summary["final"]["main"]

@@ -8,12 +8,7 @@ from qkvjax import registry
 from qkvjax import study
 from qkvjax.studies import init_scale
 from tests.conftest import tiny_config
-
-TINY = ["--config.num_seeds=2", "--config.steps=4", "--config.log_every=2",
-        "--config.batch_size=8", "--config.model.d_model=16", "--config.model.n_heads=2",
-        "--config.model.d_head=8", "--config.model.d_mlp=16", "--config.task.n_slots=3",
-        "--config.task.n_categories=3", "--config.task.nouns_per_category=3",
-        "--config.task.n_details=3", "--config.scales=0.1,1,3", "--noprogress"]
+from tests.conftest import tiny_group
 
 
 def test_scales_fold_into_one_program():
@@ -24,13 +19,13 @@ def test_scales_fold_into_one_program():
   assert [p["model.qkv_init_scale"] for p in prog.points] == [0.1, 0.3, 1.0, 3.0]
 
 
-def test_end_to_end(tmp_path):
-  assert run_cli.main(["run", "--exp=init_scale", f"--results_dir={tmp_path}"] + TINY) == 0
-  (run_dir,) = (tmp_path / "init_scale").iterdir()
+@tiny_group("init_scale")
+def test_end_to_end(tiny_run):
+  run_dir = tiny_run("init_scale")
   summary = json.loads((run_dir / "summary.json").read_text())
   names = [c["claim"] for c in summary["claims"]]
   assert len(names) == 3 + 3 and "W_Q, W_K, W_V differentiate more when initialized smaller" in names
-  assert (run_dir / "versus_scale.png").is_file() and (run_dir / "curves.pdf").is_file()
+  assert (run_dir / "versus_scale.png").is_file() and (run_dir / "curves.png").is_file()
   moved = next(c for c in summary["claims"] if "move further" in c["claim"])
   assert moved["effect"]["mean"] > 0  # a smaller init moves further, even in 4 steps
 

@@ -10,6 +10,7 @@ from flax import nnx
 from scipy import stats as sp_stats
 
 from qkvjax import metrics, models
+from tests.conftest import tiny_group
 
 
 def _gaussian(seed, d):
@@ -120,14 +121,15 @@ def test_metric_group_on_a_model(tiny, tie, expected):
     assert abs(float(out["symmetry/L1/H0"])) < 0.5  # independent draws: near 0
 
 
-def test_every_study_logs_the_scores(tiny, tmp_path):
+@pytest.mark.parametrize("exp", [pytest.param(e, marks=tiny_group(e)) for e in
+                                 ("specialization", "tied", "symmetry")])
+def test_every_study_logs_the_scores(tiny_run, exp):
   from qkvjax import results, study
-  from qkvjax.studies import specialization
-  run_dir = study.run(specialization.STUDY, tiny(), tmp_path, progress=False)
-  run = results.Run(run_dir)
+  assert metrics.qk_structure in study.study_of(exp).logged_metrics()
+  run = results.Run(tiny_run(exp))
   cond = next(iter(run.conditions))
   keys = run.keys(condition=cond, phase="train")
-  for k in ("symmetry/L0", "symmetry/L1/H1", "directionality/L0", "directionality/L1/H0"):
+  for k in ("symmetry/L0", "symmetry/L0/H1", "directionality/L0", "directionality/L0/H0"):
     assert k in keys
   assert np.all(np.abs(run.final("symmetry/L0", condition=cond)) <= 1)
 

@@ -17,6 +17,8 @@ from qkvjax import results
 from qkvjax import runner
 from qkvjax import sweep
 from qkvjax.studies import specialization
+from tests.conftest import copy_run
+from tests.conftest import tiny_group
 
 TINY = ["--config.num_seeds=2", "--config.steps=4", "--config.log_every=2",
         "--config.batch_size=8", "--config.model.d_model=16", "--config.model.n_heads=2",
@@ -40,7 +42,8 @@ def test_grid_and_folding():
 
 def test_sweep_writes_its_layout_and_a_combined_report(tmp_path):
   argv = ["run", "--exp=specialization", f"--results_dir={tmp_path}",
-          "--sweep.optim.learning_rate=1e-3,3e-3", "--sweep.model.n_heads=2,4"] + TINY
+          "--sweep.optim.learning_rate=1e-3,3e-3", "--sweep.model.n_heads=2,4",
+          "--figure_formats=png"] + TINY
   assert run_cli.main(argv) == 0
   (sweep_dir,) = (tmp_path / "specialization").iterdir()
   manifest = json.loads((sweep_dir / "sweep.json").read_text())
@@ -63,7 +66,8 @@ def test_sweep_writes_its_layout_and_a_combined_report(tmp_path):
   assert "| learning_rate | n_heads |" in text and "000_learning_rate=0.001,n_heads=2" in text
   # Redrawing a sweep redraws every point and the combined report.
   (sweep_dir / "effects_vs_sweep.png").unlink()
-  assert run_cli.main(["run", "--exp=figures", f"--config.run_dir={sweep_dir}"]) == 0
+  assert run_cli.main(["run", "--exp=figures", f"--config.run_dir={sweep_dir}",
+                       "--figure_formats=png"]) == 0
   assert (sweep_dir / "effects_vs_sweep.png").is_file()
 
 
@@ -133,9 +137,9 @@ def test_an_interrupted_run_resumes_to_the_same_metrics_line_for_line(tmp_path, 
   assert sorted(p.stat().st_mtime_ns for p in cut.rglob("*") if p.is_file()) == before
 
 
-def test_trained_parameters_load_back(tmp_path):
-  assert run_cli.main(["run", f"--results_dir={tmp_path}", "--figure_formats=none"] + TINY) == 0
-  (run_dir,) = (tmp_path / "specialization").iterdir()
+@tiny_group("specialization")
+def test_trained_parameters_load_back(tiny_run, tmp_path):
+  run_dir = copy_run(tiny_run("specialization"), tmp_path)  # a checkpoint is added below
   params = qkvjax.load_run_params(run_dir)
   w_q = params["default"]["layers"][0]["attn"]["query"][...]
   assert w_q.shape == (2, 16, 2, 8)

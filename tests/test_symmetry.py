@@ -15,11 +15,7 @@ from qkvjax import study
 from qkvjax import tasks
 from qkvjax.studies import symmetry
 from qkvjax.tasks import text
-
-TINY = ["--config.num_seeds=2", "--config.steps=4", "--config.log_every=2",
-        "--config.batch_size=4", "--config.model.d_model=16", "--config.model.n_heads=2",
-        "--config.model.d_head=8", "--config.model.d_mlp=16", "--config.task.vocab_size=64",
-        "--config.task.seq_len=8", "--noprogress"]
+from tests.conftest import tiny_group
 
 
 def _task(objective, vocab_size=64, seq_len=16, mask_rate=0.25):
@@ -87,14 +83,14 @@ def test_conditions_are_two_programs_with_their_own_task_and_mask():
   assert set(tasks.BUILDERS) >= {"causal_text", "masked_text"}
 
 
-def test_end_to_end(tmp_path):
-  assert run_cli.main(["run", "--exp=symmetry", f"--results_dir={tmp_path}"] + TINY) == 0
-  (run_dir,) = (tmp_path / "symmetry").iterdir()
+@tiny_group("symmetry")
+def test_end_to_end(tiny_run):
+  run_dir = tiny_run("symmetry")
   summary = json.loads((run_dir / "summary.json").read_text())
   names = [c["claim"] for c in summary["claims"]]
   assert len(names) == 6 and "the bidirectional model ends more symmetric than the causal one" \
       in names
-  for f in ("curves.png", "final_scores.pdf", "heads.png"):
+  for f in ("curves.png", "final_scores.png", "heads.png"):
     assert (run_dir / f).is_file()
   run = results.Run(run_dir)
   # Seed i starts from the same weights under both objectives.

@@ -50,4 +50,4 @@ def test_vocabulary_uses_the_articles_words():
   apple = next(n for n in tables["nouns"] if n["token"] == "apple")
   assert apple["category"] == "edible"
   assert {"eat", "drive", "chase"} <= {v["token"] for v in tables["verbs"]}
-  assert len(set(task.vocab)) == len(task.vocab) == 4 * 10 + 4 * 2 + 4
+  assert len(set(task.vocab)) == len(task.vocab) == 4 * 10 + 4 * 2 + cfg.task.n_details

@@ -2,31 +2,20 @@
 through the command line: every condition trained, every claim judged,
 every figure drawn, the run marked complete."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 
 from experiments import run as run_cli
 from qkvjax import registry
 from qkvjax import results
 from qkvjax import study as study_lib
-from tests.conftest import ROOT
+from tests.conftest import copy_run
+from tests.conftest import tiny_group
 
-# Skipped: claims (runs the others), figures (redraws), pretrained (no
-# training) and induction (tests/test_induction.py runs its tiny variant
-# through the command line and reads its summary in detail).
+# Skipped: claims (runs the others), figures (redraws) and pretrained (no
+# training; tests/test_pretrained.py runs it on its fixtures). Each study's
+# own tests read these same runs in detail.
 TRAINING = ("specialization", "init_scale", "scaling", "tied", "heads", "context",
-            "residual", "symmetry", "translation")
-
-
-def _tiny_run(tmp_path, exp):
-  argv = ["run", f"--exp={exp}", "--config=tiny", f"--results_dir={tmp_path}",
-          "--figure_formats=png", "--noprogress"]
-  assert run_cli.main(argv) == 0
-  (run_dir,) = (tmp_path / exp).iterdir()
-  return run_dir
+            "residual", "symmetry", "translation", "induction")
 
 
 def _check_complete(run_dir, exp):
@@ -47,12 +36,16 @@ def _check_complete(run_dir, exp):
   return saved
 
 
-@pytest.mark.parametrize("exp", TRAINING)
-def test_tiny_variant_runs_every_condition_claim_and_figure(tmp_path, exp):
-  run_dir = _tiny_run(tmp_path, exp)
-  saved = _check_complete(run_dir, exp)
-  if exp != "specialization":
-    return
+@pytest.mark.parametrize("exp", [pytest.param(e, marks=tiny_group(e)) for e in TRAINING])
+def test_tiny_variant_runs_every_condition_claim_and_figure(tiny_run, exp):
+  _check_complete(tiny_run(exp), exp)
+
+
+@tiny_group("specialization")
+def test_a_complete_run_resumes_as_complete_and_an_interrupted_one_line_for_line(
+    tiny_run, tmp_path):
+  run_dir = copy_run(tiny_run("specialization"), tmp_path)
+  saved = results.read_json(run_dir / "config.json")
   assert run_cli.main(["run", f"--resume={run_dir}", "--noprogress"]) == 0  # complete
   metrics = (run_dir / "metrics.jsonl").read_text()
   saved["status"] = "interrupted"
@@ -63,17 +56,6 @@ def test_tiny_variant_runs_every_condition_claim_and_figure(tmp_path, exp):
   (run_dir / "report.md").unlink()
   assert run_cli.main(["run", "--exp=figures", f"--config.run_dir={run_dir}",
                        "--figure_formats=png"]) == 0
-  _check_complete(run_dir, exp)
-
-
-def test_tiny_variant_from_a_scratch_directory_with_default_paths(tmp_path):
-  env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_NUM_CPU_DEVICES": "1"}
-  out = subprocess.run([sys.executable, "-m", "experiments.run", "--exp=specialization",
-                        "--config=tiny", "--figure_formats=png", "--noprogress"],
-                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
-                       check=False)
-  assert out.returncode == 0, out.stderr[-2000:]
-  (run_dir,) = (tmp_path / "results" / "specialization").iterdir()
   _check_complete(run_dir, "specialization")
 
 
