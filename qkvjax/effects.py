@@ -90,3 +90,22 @@ def head_table(run: results.Run, prefix: str, names, heads: int, index: int,
   keys = [f"L{l}/H{h}" for l in range(run.config.model.n_layers) for h in range(heads)]
   return np.stack([np.stack([run.table(f"{prefix}/{n}/{k}", **where)[1][:, index]
                              for k in keys], 1) for n in names], -1)
+
+
+def blocks(n: int) -> list[str]:
+  """The attention sites ``L0`` ... ``L<n - 1>`` of an n-block model (where a
+  run's conditions differ in depth, so ``layers`` does not apply)."""
+  return [f"L{l}" for l in range(n)]
+
+
+def stream(run: results.Run, prefix: str, n_blocks: int, **where) -> np.ndarray:
+  """[seeds, n_blocks + 1] at step 0: ``prefix/X0`` (the input to the first
+  block) ... ``prefix/X<n_blocks>`` (after the last;
+  ``metrics.representation_metrics``)."""
+  return np.stack([run.initial(f"{prefix}/X{l}", **where) for l in range(n_blocks + 1)], 1)
+
+
+def grad_norm(run: results.Run, matrix: str, sites, **where) -> np.ndarray:
+  """Per seed, the gradient norm of ``matrix`` (``query``, ``out``...) at step 0,
+  mean over sites (``grad_norm/<site>/<matrix>``)."""
+  return site_mean(lambda s: run.initial(f"grad_norm/{s}/{matrix}", **where), sites)
