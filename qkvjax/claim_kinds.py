@@ -74,3 +74,26 @@ def k_index(measured: str, effect: Callable) -> Claim:
   """K spans more directions than Q: effective rank of W_K minus W_Q, by at least one."""
   return Claim("K is a broad index, Q a focused query", QUOTE_K_INDEX, "division_of_labor",
                measured, effect, stats.Greater(0.0, 1.0))
+
+
+def costs(variant: str, task: str, baseline: str, quote: tuple[str, str], run, cond: str,
+          base: str, threshold: float, speed_margin: float, acc_margin: float,
+          key: str = "eval_accuracy", what: str = "eval accuracy") -> list[Claim]:
+  """Two claims that ``variant`` (condition ``cond``) costs against
+  ``baseline`` (condition ``base``) on ``task``, paired by seed: it reaches
+  ``threshold`` of ``key`` more slowly (log2 of the ratio of steps,
+  ``effects.slowdown``; smallest effect ``speed_margin``) and ends lower
+  (smallest effect ``acc_margin``). ``quote``: (quote, source)."""
+  return [Claim(
+      f"{variant} learns the {task} task more slowly", *quote,
+      f"{task}: log2(steps to {threshold:.0%} {what} with {variant} / with {baseline}), "
+      f"paired by seed; never reached counts as {effects.censor(run)} steps; smallest effect "
+      f"of interest: config.speed_margin, a slow-down of ×{2 ** speed_margin:.2f}",
+      lambda r: effects.slowdown(r, key, threshold, cond, base),
+      stats.Greater(0.0, speed_margin)),
+          Claim(
+      f"{variant} ends less accurate on the {task} task", *quote,
+      f"{task}: {what} after {run.config.steps} steps with {baseline} minus with {variant}, "
+      "paired by seed; smallest effect of interest: config.acc_margin, the accuracy a cost "
+      "must exceed to matter", paired(lambda r, c: r.final(key, condition=c), base, cond),
+      stats.Greater(0.0, acc_margin))]

@@ -90,3 +90,48 @@ def head_table(run: results.Run, prefix: str, names, heads: int, index: int,
   keys = [f"L{l}/H{h}" for l in range(run.config.model.n_layers) for h in range(heads)]
   return np.stack([np.stack([run.table(f"{prefix}/{n}/{k}", **where)[1][:, index]
                              for k in keys], 1) for n in names], -1)
+
+
+def blocks(n: int) -> list[str]:
+  """The attention sites ``L0`` ... ``L<n - 1>`` of an n-block model (where a
+  run's conditions differ in depth, so ``layers`` does not apply)."""
+  return [f"L{l}" for l in range(n)]
+
+
+def stream(run: results.Run, prefix: str, n_blocks: int, **where) -> np.ndarray:
+  """[seeds, n_blocks + 1] at step 0: ``prefix/X0`` (the input to the first
+  block) ... ``prefix/X<n_blocks>`` (after the last;
+  ``metrics.representation_metrics``)."""
+  return np.stack([run.initial(f"{prefix}/X{l}", **where) for l in range(n_blocks + 1)], 1)
+
+
+def grad_norm(run: results.Run, matrix: str, sites, **where) -> np.ndarray:
+  """Per seed, the gradient norm of ``matrix`` (``query``, ``out``...) at step 0,
+  mean over sites (``grad_norm/<site>/<matrix>``)."""
+  return site_mean(lambda s: run.initial(f"grad_norm/{s}/{matrix}", **where), sites)
+
+
+def over_heads(run: results.Run, name: str, **where) -> np.ndarray:
+  """[seeds, steps] of a ``metrics.prediction_attention`` key ``name`` at the
+  last layer, over its heads as ``metrics.attention.OVER_HEADS`` says (their
+  mean, or the best head's)."""
+  from qkvjax.metrics import attention  # pylint: disable=g-import-not-at-top
+  site = f"L{run.config.model.n_layers - 1}"
+  return run.table(f"{name}/{site}/{attention.OVER_HEADS[name]}", **where)[1]
+
+
+def task_tables(run: results.Run) -> dict[str, dict]:
+  """Per condition, the ``task.json`` tables (vocabulary, bars) of the task
+  it trained on (its ``task`` override, or the run's only task)."""
+  tables, saved = run.file("task.json"), run.saved.get("conditions") or {}
+  only = next(iter(tables)) if len(tables) == 1 else None
+  return {c: tables[(saved.get(c) or {}).get("task", only)] for c in run.conditions}
+
+
+def slowdown(run: results.Run, key: str, threshold: float, condition: str,
+             baseline: str) -> np.ndarray:
+  """Per seed, log2 of the steps ``condition`` takes to reach ``threshold``
+  of ``key`` over the steps ``baseline`` takes (``steps_to``; conditions
+  share seed keys)."""
+  return np.log2(steps_to(run, key, threshold, condition=condition)
+                 / steps_to(run, key, threshold, condition=baseline))

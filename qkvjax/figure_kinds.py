@@ -199,3 +199,57 @@ def sample_maps(run: results.Run, rows: dict[str, dict[str, str]], vocab: dict, 
               ("Score matrices", "score_matrices", "logits", scores),
               ("Attention weights", "attention_maps", "weights", "attention weights"))
           if samples]
+
+
+def over_sizes(sizes: Sequence[int], fn: Callable) -> Callable[[results.Run], tuple]:
+  """``Line`` values against model sizes (depths, widths): per size n of
+  ``sizes``, ``fn(run, n)`` [seeds]."""
+  return lambda run: (np.array(sizes), np.stack([fn(run, n) for n in sizes], 1))
+
+
+def profile_and_sweep(title: str, name: str, along: Callable, after: Callable | None,
+                      sizes: Callable[[results.Run], Sequence[int]],
+                      series: Callable[[results.Run], Sequence[str]], colors: dict,
+                      labels: dict, ylabel: str, left: tuple[str, str], right: str,
+                      xlabel: str, refs: Sequence[Ref] = (), **options) -> Figure:
+  """Two panels sharing the y axis, a band per series s of ``series(run)``:
+  left, ``along(run, s, n)`` [seeds, k] against 0 .. k - 1 at the largest
+  size n of ``sizes(run)`` (``left``: its x label and title, each formatted
+  with n); right (titled ``right``), ``after(run, s, size)`` [seeds] (None:
+  the profile's last point) against every size on a log2 axis labelled
+  ``xlabel``. ``options`` go to ``draw_panels``."""
+  after = after or (lambda run, s, n: along(run, s, n)[:, -1])
+  def profile(s, n):
+    def values(run):
+      v = along(run, s, n)
+      return np.arange(v.shape[1]), v
+    return values
+
+  def grid(run):
+    ns = sorted(sizes(run))
+    lines = lambda fn: [Line(fn(s), colors[s], labels[s]) for s in series(run)]
+    return [[Panel(lines(lambda s: profile(s, ns[-1])), ylabel, left[1].format(ns[-1]),
+                   left[0].format(ns[-1]), refs=refs, legend="best"),
+             Panel(lines(lambda s: over_sizes(ns, lambda r, n: after(r, s, n))),
+                   title=right, xlabel=xlabel, refs=refs, xticks=ns, xlog2=True)]]
+  return curves(title, name, grid, sharey=True, **options)
+
+
+def matrices_over_sizes(title: str, name: str, fn: Callable,
+                        sizes: Callable[[results.Run], Sequence[int]],
+                        series: Callable[[results.Run], Sequence[str]], labels: dict,
+                        ylabel: str, xlabel: str,
+                        matrices: Sequence[str] = ("query", "key", "value", "out"),
+                        **options) -> Figure:
+  """A panel per series s of ``series(run)`` (titled ``labels[s]``), sharing
+  the y axis: a band per matrix m of ``matrices`` (``plotting.MATRIX_COLORS``),
+  ``fn(run, m, s, n)`` [seeds] against every size n of ``sizes(run)`` on
+  log-log2 axes. ``options`` go to ``draw_panels``."""
+  def grid(run):
+    ns, ss = sorted(sizes(run)), list(series(run))
+    return [[Panel([Line(over_sizes(ns, lambda r, n, s=s, m=m: fn(r, m, s, n)),
+                         plotting.MATRIX_COLORS[m], plotting.MATRIX_LABELS[m])
+                    for m in matrices], "" if i else ylabel, labels[s], xlabel, log=True,
+                   legend="best" if i == len(ss) - 1 else None, xticks=ns, xlog2=True)
+             for i, s in enumerate(ss)]]
+  return curves(title, name, grid, sharey=True, **options)

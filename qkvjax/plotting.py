@@ -391,3 +391,19 @@ def seed_curves(ax, x, values_SxN, color, label) -> int:
   mean, _ = nan_mean_std(values_SxN)
   ax.plot(x, mean, color=color, lw=1.8, label=label)
   return seeds_counted(values_SxN)
+
+
+def model_spectra(spectra: dict[str, dict[str, Sequence[float]]]):
+  """The singular values of one model (no seeds): a panel per site of
+  ``spectra`` {site: {matrix: values, largest first}}, a line per matrix
+  (``MATRIX_COLORS``) on a log axis."""
+  fig, axes = plt.subplots(1, len(spectra), figsize=(2.2 * len(spectra), 2.4),
+                           sharey=True, squeeze=False)
+  for ax, (site, by_matrix) in zip(axes[0], spectra.items()):
+    for name, sv in by_matrix.items():
+      ax.semilogy(np.arange(1, len(sv) + 1), sv, color=MATRIX_COLORS[name],
+                  label=MATRIX_LABELS[name])
+    ax.set(title=site, xlabel="index")
+  axes[0][0].set_ylabel("singular value")
+  axes[0][-1].legend(frameon=False)
+  return fig

@@ -402,3 +402,12 @@ def load_run_model(run_dir, condition: str | None = None, seed: int = 0,
   graphdef = nnx.split(model, nnx.Param, ...)[0]
   params, rest = (jax.tree.map(lambda x: x[seed], part) for part in states[condition])
   return nnx.merge(graphdef, params, rest)
+
+
+def judge(claims: Sequence[Claim], run) -> list[dict[str, Any]]:
+  """Each claim's summary entry (``evaluate``), verdicts corrected across
+  them (Holm–Bonferroni); ``run`` is what the claims' effects read: a
+  ``results.Run``, or another saved record (a pretrained run's)."""
+  out = [evaluate(c, run) for c in claims]
+  stats.correct(out)
+  return out

@@ -65,7 +65,7 @@ def test_identical_tokens_give_exactly_zero_query_and_key_gradients():
   pos[...] = jnp.zeros_like(pos[...])
   batch = batch._replace(tokens_BxT=jnp.broadcast_to(batch.tokens_BxT[:, :1],
                                                      batch.tokens_BxT.shape))
-  norms = jax.jit(lambda p, b: residual.grad_norms(types.SimpleNamespace(
+  norms = jax.jit(lambda p, b: metrics.matrix_grad_norms(types.SimpleNamespace(
       grads=jax.grad(trainer.loss_fn, has_aux=True)(p, rest, b)[0])))(params, batch)
   assert float(norms["grad_norm/L0/query"]) < 1e-6
   assert float(norms["grad_norm/L0/key"]) < 1e-6

@@ -5,9 +5,10 @@ state path (``L0``, ``decoder/L1/cross_attn``; ``qkvjax.models.site_name``).
 Metric *groups* take a ``qkvjax.train.Measurement`` and run inside the jitted,
 run-vmapped measurement; a study lists the groups it logs.
 
-- ``weights``: per-matrix norms, gradients, updates, distance from init,
-  per-head gradient norms, spectra and effective rank, found from parameter
-  paths and ``heads_axis`` metadata, so any NNX model gets them.
+- ``weights``: per-matrix norms, gradients (per head, or per matrix only:
+  ``matrix_grad_norms``), updates, distance from init, spectra and effective
+  rank, found from parameter paths and ``heads_axis`` metadata, so any NNX
+  model gets them.
 - ``similarity``: CKA and RSA of the Q, K, V vectors with the token embedding.
 - ``attention``: attention on a task's ground-truth key, logit statistics,
   entropy, the Q.K ablation, and the prediction position's attention on
@@ -34,15 +35,16 @@ from qkvjax.metrics.representations import (rank_collapse, representation_metric
 from qkvjax.metrics.similarity import (embedding_similarity, linear_cka,
                                        linear_probe_accuracy, rsa)
 from qkvjax.metrics.weights import (attention_matrices, cosine, effective_rank,
-                                    frobenius, grad_norms, matrices, spectra,
-                                    weight_norms)
+                                    frobenius, grad_norms, matrices, matrix_grad_norms,
+                                    spectra, weight_norms)
 
 __all__ = [
     "ablate_head", "ablate_qk", "attention_matrices", "attention_modules",
     "attention_signal", "copying_from_matrices", "cosine", "directionality_score",
     "effective_rank",
     "embedding_similarity", "frobenius", "grad_norms", "linear_cka", "linear_probe_accuracy",
-    "logit_std", "matrices", "max_logit", "normalized_entropy", "ov_copying",
+    "logit_std", "matrices", "matrix_grad_norms", "max_logit", "normalized_entropy",
+    "ov_copying",
     "ov_copying_score", "ov_matrices", "prediction_attention", "qk_matrices", "qk_structure",
     "qk_structure_scores",
     "qk_update_structure", "rank_collapse", "relation_heads",

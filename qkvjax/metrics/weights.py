@@ -156,3 +156,9 @@ def spectrum_metrics(params: nnx.State, init_params: nnx.State) -> dict[str, np.
 # sharded over several CPU devices, each device's LAPACK call holding a worker
 # thread while its sub-tasks waited for one.
 spectra = HostMetric(_collect_spectra, _finish_spectra)
+
+
+def matrix_grad_norms(m) -> dict:
+  """Gradient norm of every matrix (not per head: hundreds of keys at depth 16)."""
+  return {f"grad_norm/{k}": frobenius(g.value)
+          for k, g in matrices(m.grads).items()}

@@ -28,11 +28,8 @@ from qkvjax import train
 from qkvjax.figure_kinds import BandRow, DotRow, Ref
 from qkvjax.study import Claim, Figure
 
-MODES = {  # model overrides of each tie mode
-    "none": {"model.tie": "none", "model.value_proj": True},
-    "qk": {"model.tie": "qk", "model.value_proj": True},
-    "qkv": {"model.tie": "qkv", "model.value_proj": True},
-    "no_value": {"model.tie": "none", "model.value_proj": False}}
+MODES = {m: {"model.tie": tie, "model.value_proj": v} for m, tie, v in (  # each tie mode's
+    ("none", "none", True), ("qk", "qk", True), ("qkv", "qkv", True), ("no_value", "none", False))}
 PLAIN = {"none": "separate W_Q, W_K, W_V", "qk": "W_K = W_Q", "qkv": "W_Q = W_K = W_V",
          "no_value": "no W_V (V = layer input)"}
 LABELS = {m: re.sub(r"(W_[QKV])", r"$\1$", p) for m, p in PLAIN.items()}  # for figures
@@ -46,7 +43,6 @@ QUOTE_SEPARATE = ("This separation enables more expressive attention patterns th
                   "using the same representation for all three roles.")
 QUOTE_SELF = ("(consequence of W_K = W_Q: symmetric scores, and a token scores itself "
               "at least as high as any key of no larger norm)")
-HEADS = metrics.attention.OVER_HEADS  # over the heads: their mean, or the best head's
 
 
 def conditions(config) -> dict[str, dict]:
@@ -70,16 +66,6 @@ def reach(run, cond: str) -> np.ndarray:
   return effects.steps_to(run, "eval_accuracy", run.config.threshold, condition=cond)
 
 
-def slowdown(run, task: str, mode: str) -> np.ndarray:
-  """Per seed, log2(steps to threshold with ``mode`` / with separate matrices)."""
-  return np.log2(reach(run, f"{task}/{mode}") / reach(run, f"{task}/none"))
-
-
-def over_heads(run, name: str, cond: str) -> np.ndarray:
-  """[seeds, steps] of ``name`` over the heads of the last layer (``HEADS``)."""
-  return run.table(f"{name}/L{run.config.model.n_layers - 1}/{HEADS[name]}", condition=cond)[1]
-
-
 def bar(run, task: str) -> float:
   return run.file("task.json")[task][TASKS[task][1]]
 
@@ -90,32 +76,21 @@ def claims(run) -> list[Claim]:
     return out
   modes = [m for m in c.conditions if m != "none"]
   tied = [m for m in modes if m in ("qk", "qkv")]
-  slow_text = f"config.speed_margin, a slow-down of ×{2 ** c.speed_margin:.2f}"
-  acc = lambda r, t, mode: r.final("eval_accuracy", condition=f"{t}/{mode}")
-  own = lambda r, t, mode: over_heads(r, "attn_self", f"{t}/{mode}")[:, -1]
+  own = lambda r, t, mode: effects.over_heads(r, "attn_self", condition=f"{t}/{mode}")[:, -1]
+  slowdown = lambda r, t, mode: effects.slowdown(  # log2 ratio of steps to separate matrices
+      r, "eval_accuracy", c.threshold, f"{t}/{mode}", f"{t}/none")
   for t in c.tasks:
     out.append(claim_kinds.prerequisite(
         f"separate W_Q, W_K, W_V learn the {t} task",
         f"{t}: final eval accuracy minus the best accuracy from the last token alone "
         f"({bar(run, t):.3f}); smallest effect of interest 0.05, as for every prerequisite",
-        lambda r, t=t: acc(r, t, "none") - bar(r, t),
+        claim_kinds.final_above("eval_accuracy", bar(run, t), condition=f"{t}/none"),
         why="comparisons mean little if the baseline fails"))
     for mode in modes:
       quote = ((QUOTE_SEPARATE, "qkv_mechanism") if mode in tied
                else (claim_kinds.QUOTE_INDEPENDENT, "division_of_labor"))
-      out += [Claim(
-          f"{PLAIN[mode]} learns the {t} task more slowly", *quote,
-          f"{t}: log2(steps to {c.threshold:.0%} eval accuracy with {PLAIN[mode]} / with "
-          "separate matrices), paired by seed; never reached counts as "
-          f"{effects.censor(run)} steps; smallest effect of interest: {slow_text}",
-          lambda r, t=t, mode=mode: slowdown(r, t, mode), stats.Greater(0.0, c.speed_margin)),
-              Claim(
-          f"{PLAIN[mode]} ends less accurate on the {t} task", *quote,
-          f"{t}: eval accuracy after {c.steps} steps with separate matrices minus with "
-          f"{PLAIN[mode]}, paired by seed; smallest effect of interest: config.acc_margin, "
-          "the accuracy a cost must exceed to matter",
-          lambda r, t=t, mode=mode: acc(r, t, "none") - acc(r, t, mode),
-          stats.Greater(0.0, c.acc_margin))]
+      out += claim_kinds.costs(PLAIN[mode], t, "separate matrices", quote, run, f"{t}/{mode}",
+                               f"{t}/none", c.threshold, c.speed_margin, c.acc_margin)
     out += [Claim(
         f"{PLAIN[mode]} makes the prediction position attend to itself ({t})", QUOTE_SELF,
         "qkvjax", f"{t}: attention share of the last position on itself (mean over heads, "
@@ -128,7 +103,8 @@ def claims(run) -> list[Claim]:
         f"{PLAIN[mode]} costs less when the relation is symmetric", QUOTE_SEPARATE,
         "qkv_mechanism", "slow-down log2(steps ratio to separate matrices) on the selection "
         "task minus on the match task, paired by seed (> 0: tying hurts the asymmetric "
-        f"relation more); smallest effect of interest: {slow_text}",
+        f"relation more); smallest effect of interest: config.speed_margin, a slow-down of "
+        f"×{2 ** c.speed_margin:.2f}",
         lambda r, mode=mode: slowdown(r, "selection", mode) - slowdown(r, "match", mode),
         stats.Greater(0.0, c.speed_margin)) for mode in tied]
   return out
@@ -170,14 +146,14 @@ def figures(run) -> list[Figure]:
                      ylim=(0, 1.02))], groups, COLORS, LABELS, effects.censor, width=4.2),
       figure_kinds.bands(
           "What W_K = W_Q does at the prediction position", "self_attention", lambda r: [
-              BandRow(f"{label}\n({HEADS[k]} over heads)",
-                      lambda cond, k=k: over_heads(r, k, cond))
+              BandRow(f"{label}\n({metrics.attention.OVER_HEADS[k]} over heads)",
+                      lambda cond, k=k: effects.over_heads(r, k, condition=cond))
               for k, label in SELF_PANELS.items()], groups, COLORS, LABELS,
           lambda r: f"At the prediction position (layer {c.model.n_layers - 1}), eval batch",
           height=2.1, width=4.2),
       *figure_kinds.sample_maps(
           run, {t: {LABELS[m]: f"{t}/{m}" for m in c.conditions} for t in c.tasks},
-          {cond: run.file("task.json")[cond.split("/")[0]]["vocab"] for cond in run.conditions},
+          {cond: t["vocab"] for cond, t in effects.task_tables(run).items()},
           f"L{c.model.n_layers - 1}", "Last layer {what} on one sample per task (seed {seeds}); "
           "red box: prediction position -> target",
           "scores (scaled q.k, before the causal mask; symmetric when W_K = W_Q)")]
