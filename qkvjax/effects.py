@@ -90,3 +90,10 @@ def head_table(run: results.Run, prefix: str, names, heads: int, index: int,
   keys = [f"L{l}/H{h}" for l in range(run.config.model.n_layers) for h in range(heads)]
   return np.stack([np.stack([run.table(f"{prefix}/{n}/{k}", **where)[1][:, index]
                              for k in keys], 1) for n in names], -1)
+
+
+def qkv_min(run: results.Run, prefix: str, site: str, index: int, **where) -> np.ndarray:
+  """Per seed, the smallest over q, k, v of ``prefix/<site>/<name>`` at logging
+  point ``index``."""
+  return np.min([run.table(f"{prefix}/{site}/{n}", **where)[1][:, index] for n in QKV], 0)
+

@@ -199,3 +199,30 @@ def sample_maps(run: results.Run, rows: dict[str, dict[str, str]], vocab: dict, 
               ("Score matrices", "score_matrices", "logits", scores),
               ("Attention weights", "attention_maps", "weights", "attention weights"))
           if samples]
+
+
+def layer_profile(run: results.Run, prefix: str, names: Sequence[str], colors: dict,
+                  labels: dict, ylabel: str, refs: Sequence[Ref] = (),
+                  legend: str | None = None) -> Panel:
+  """A ``Panel`` of ``prefix/L<l>/<name>`` against the layer (numbered from 1):
+  per name, a band at step 0 (dashed, labelled "(step 0)") and at the end."""
+  x = np.arange(1, run.config.model.n_layers + 1)
+  at = lambda name, i: lambda r: (x, np.stack([r.table(f"{prefix}/L{l - 1}/{name}")[1][:, i]
+                                               for l in x], 1))
+  return Panel([Line(at(n, i), colors[n], labels[n] + tag, ls=ls) for n in names
+                for i, ls, tag in ((0, "--", " (step 0)"), (-1, "-", ""))], ylabel,
+               xlabel="layer", xticks=x, refs=refs, legend=legend)
+
+
+def layer_heads(run: results.Run, prefix: str, best_label: str = "best head",
+                cmap: str = "viridis") -> list[Line]:
+  """Per layer ``l``, coloured by depth: a band of ``prefix/L<l>`` (the mean
+  over heads, solid) and of the largest ``prefix/L<l>/H<h>`` (the best head,
+  dashed, labelled ``best_label``)."""
+  n, colors = run.config.model.n_layers, plotting.plt.get_cmap(cmap)
+  best = lambda l: lambda r: (r.table(f"{prefix}/L{l}")[0], np.max(
+      [r.table(k)[1] for k in r.keys(f"{prefix}/L{l}/H")], 0))
+  return [Line(values, colors(l / max(1, n - 1)), f"layer {l + 1}: {what}", ls=ls)
+          for l in range(n) for values, what, ls in (
+              (f"{prefix}/L{l}", "mean over heads", "-"), (best(l), best_label, "--"))]
+

@@ -391,3 +391,27 @@ def seed_curves(ax, x, values_SxN, color, label) -> int:
   mean, _ = nan_mean_std(values_SxN)
   ax.plot(x, mean, color=color, lw=1.8, label=label)
   return seeds_counted(values_SxN)
+
+
+def pca_grid(coords: dict[str, np.ndarray], rows: dict[str, str], cols: dict[str, str],
+             classes, class_labels: Sequence[str], colors: Sequence[str], title: str):
+  """Saved 2-D coordinates of vectors (``coords["<column>/<row>"]`` [N, 2],
+  such as ``sample_kinds.qkv_pca``'s): rows ``{row: y label}``, columns
+  ``{column: title}``, one colour per class (``classes`` [N] indexes
+  ``class_labels``), the same square limits everywhere."""
+  fig, axes = plt.subplots(len(rows), len(cols), squeeze=False,
+                           figsize=(2.4 * len(cols), 2.2 * len(rows)))
+  classes = np.asarray(classes)
+  lim = 1.1 * max(1e-3, max(np.max(np.abs(c)) for c in coords.values()))
+  cells = [(i, j) for i in enumerate(rows.items()) for j in enumerate(cols.items())]
+  for (r, (row, ylabel)), (c, (col, col_title)) in cells:
+    xy, ax = np.asarray(coords[f"{col}/{row}"]), axes[r][c]
+    for k, label in enumerate(class_labels):
+      ax.scatter(*xy[classes == k].T, s=8, alpha=0.6, color=colors[k], label=label)
+    ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal",
+           title=col_title if r == 0 else "", ylabel=ylabel if c == 0 else "")
+    ax.tick_params(labelsize=6)
+  axes[0][-1].legend(frameon=False, fontsize=6, loc="upper right")
+  fig.suptitle(title, fontsize=8, y=1.0)
+  fig.tight_layout()
+  return fig

@@ -12,6 +12,8 @@ run-vmapped measurement; a study lists the groups it logs.
 - ``attention``: attention on a task's ground-truth key, logit statistics,
   entropy, the Q.K ablation, and the prediction position's attention on
   itself vs the target.
+- ``context``: how an ambiguous word's q, k, v change with its context (the
+  context task's probe set).
 - ``heads``: per head, attention share and ablation damage of each relation
   of the two-relation task, and how the relations' profiles over heads overlap.
 - ``representations``: the residual stream's continuity with the embedding
@@ -28,6 +30,7 @@ from qkvjax.metrics.circuits import (attention_modules, copying_from_matrices,
                                      ov_matrices, qk_matrices, qk_structure,
                                      qk_structure_scores, qk_update_structure,
                                      symmetry_score)
+from qkvjax.metrics.context import context_probe
 from qkvjax.metrics.heads import relation_heads
 from qkvjax.metrics.representations import (rank_collapse, representation_metrics,
                                             token_cosine)
@@ -39,7 +42,8 @@ from qkvjax.metrics.weights import (attention_matrices, cosine, effective_rank,
 
 __all__ = [
     "ablate_head", "ablate_qk", "attention_matrices", "attention_modules",
-    "attention_signal", "copying_from_matrices", "cosine", "directionality_score",
+    "attention_signal", "context_probe", "copying_from_matrices", "cosine",
+    "directionality_score",
     "effective_rank",
     "embedding_similarity", "frobenius", "grad_norms", "linear_cka", "linear_probe_accuracy",
     "logit_std", "matrices", "max_logit", "normalized_entropy", "ov_copying",
