@@ -97,3 +97,18 @@ def qkv_min(run: results.Run, prefix: str, site: str, index: int, **where) -> np
   point ``index``."""
   return np.min([run.table(f"{prefix}/{site}/{n}", **where)[1][:, index] for n in QKV], 0)
 
+
+def best_head(run: results.Run, prefix: str, index: int, **where) -> tuple[np.ndarray, list]:
+  """Per seed, the largest per-head value ``<prefix><site>/H<h>`` over sites
+  and heads at logging point ``index`` (``/mean`` keys left out), and which
+  head it was, named ``L<l>/H<h>`` ("none" for a seed with no finite value)."""
+  best, which = best_over(run, [k for k in run.keys(prefix) if not k.endswith("/mean")],
+                          index, **where)
+  name = lambda k: "/".join(p for p in k.split("/") if p[:1] in "LH" and p[1:].isdigit())
+  return best, [name(k) if k else "none" for k in which]
+
+
+def seeds_summary(values) -> dict:
+  """``stats.describe`` of per-seed values (None, a diverged seed, counts as
+  NaN) and the values themselves."""
+  return {**stats.describe(np.asarray(values, float)), "per_seed": values}

@@ -226,3 +226,25 @@ def layer_heads(run: results.Run, prefix: str, best_label: str = "best head",
           for l in range(n) for values, what, ls in (
               (f"{prefix}/L{l}", "mean over heads", "-"), (best(l), best_label, "--"))]
 
+
+def rel_dist_init(sites: Callable[[results.Run], list[str]] = effects.layers,
+                  names: Sequence[str] = plotting.QKV + ("out",)) -> Figure:
+  """Per site, how far each matrix moved: ||W - W_init|| / ||W_init|| over training."""
+  return site_curves("Relative distance from initialization", "rel_dist_init",
+                     "rel_dist_init", names, "||W - W_init|| / ||W_init||",
+                     "How far each matrix moved", sites=sites)
+
+
+def eff_rank(sites: Callable[[results.Run], list[str]] = effects.layers) -> Figure:
+  """Per site, the effective rank of W_Q, W_K, W_V over training."""
+  return site_curves("Effective rank of W_Q, W_K, W_V", "eff_rank", "eff_rank", plotting.QKV,
+                     "effective rank", "Effective rank (exp entropy of singular values)",
+                     sites=sites)
+
+
+def head_lines(key: str, n_heads: int, cmap: str = "viridis") -> list[Line]:
+  """A band per head, ``key/H<h>`` (coloured along ``cmap``), and one of
+  their mean, ``key/mean`` (black)."""
+  colors = plotting.plt.get_cmap(cmap)
+  return [Line(f"{key}/H{h}", colors(h / max(1, n_heads - 1)), f"head {h}")
+          for h in range(n_heads)] + [Line(f"{key}/mean", "k", "head mean")]
