@@ -227,6 +227,53 @@ def layer_heads(run: results.Run, prefix: str, best_label: str = "best head",
               (f"{prefix}/L{l}", "mean over heads", "-"), (best(l), best_label, "--"))]
 
 
+@dataclasses.dataclass(frozen=True)
+class XRow:
+  """A row of panels against a swept value: ``values(column, band)`` ->
+  [seeds, len(x)]; ``refs`` grey levels; ``guide`` ``(x, y, label)``, a grey
+  dotted curve on the row's first panel."""
+  ylabel: str
+  values: Callable[[Any, str], np.ndarray]
+  log: bool = False
+  refs: Sequence[Ref] = ()
+  ylim: tuple | None = None
+  guide: tuple | None = None
+
+
+def draw_against(rows: Sequence[XRow], cols: dict, x: Sequence[float], xlabel: str,
+                 bands: Sequence[tuple], title: str, note: str):
+  """Rows ``XRow``; columns ``{title: column}``; a band per ``bands`` entry
+  ``(band, colour, label)``; ``x`` (a swept value: d_k, a learning rate) on a
+  log axis, ticked at its values; ``note`` follows the seed count."""
+  fig, axes = plotting.plt.subplots(len(rows), len(cols), squeeze=False, sharex=True,
+                                    figsize=(3.1 * len(cols) + 0.8, 2.2 * len(rows) + 0.4))
+  n = 0
+  for (i, j), ax in np.ndenumerate(axes):
+    row, (col_title, col) = rows[i], list(cols.items())[j]
+    for band, color, label in bands:
+      n = max(n, plotting.band(ax, x, row.values(col, band), color, label, row.log))
+    ax.set(xscale="log", xticks=x, xticklabels=[f"{t:g}" for t in x],
+           title=col_title if i == 0 else "", ylabel=row.ylabel if j == 0 else "",
+           xlabel=xlabel if i == len(rows) - 1 else "")
+    ax.minorticks_off()
+    for ref in row.refs:
+      ax.axhline(ref.y, color="0.5", ls=ref.ls, lw=1, label=ref.label)
+    if row.ylim is not None:
+      ax.set_ylim(*row.ylim)
+    if row.guide is not None and j == 0:
+      ax.plot(*row.guide[:2], color="0.5", ls=":", lw=1, label=row.guide[2])
+  axes[0][-1].legend(frameon=False, fontsize=7)
+  fig.suptitle(title, y=1.0)
+  fig.tight_layout()
+  plotting.seed_note(fig, n, note)
+  return fig
+
+
+def against(title: str, name: str, spec: Callable[[results.Run], dict]) -> Figure:
+  """Panels against a swept value: ``spec(run)`` gives ``draw_against``'s arguments."""
+  return Figure(title, name, lambda r: draw_against(**spec(r)))
+
+
 def rel_dist_init(sites: Callable[[results.Run], list[str]] = effects.layers,
                   names: Sequence[str] = plotting.QKV + ("out",)) -> Figure:
   """Per site, how far each matrix moved: ||W - W_init|| / ||W_init|| over training."""
