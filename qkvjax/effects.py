@@ -7,6 +7,8 @@ attention *sites* (``L0``, ``decoder/L1/cross_attn``) say which blocks count.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from qkvjax import results
@@ -135,3 +137,63 @@ def slowdown(run: results.Run, key: str, threshold: float, condition: str,
   share seed keys)."""
   return np.log2(steps_to(run, key, threshold, condition=condition)
                  / steps_to(run, key, threshold, condition=baseline))
+
+def qkv_min(run: results.Run, prefix: str, site: str, index: int, **where) -> np.ndarray:
+  """Per seed, the smallest over q, k, v of ``prefix/<site>/<name>`` at logging
+  point ``index``."""
+  return np.min([run.table(f"{prefix}/{site}/{n}", **where)[1][:, index] for n in QKV], 0)
+
+
+def layer_mean(run: results.Run, what: str, **where) -> tuple[np.ndarray, np.ndarray]:
+  """``(steps, [seeds, steps])``: the mean over a decoder's layers (``layers``)
+  of a per-site metric: ``prefix`` (``prefix/L<l>``), ``prefix/name``
+  (``prefix/L<l>/name``) or ``grad_qk``, the geometric mean of the W_Q and W_K
+  gradient norms sqrt(|grad W_Q| |grad W_K|)."""
+  def site(s):
+    if what == "grad_qk":
+      return np.sqrt(run.table(f"grad_norm/{s}/query", **where)[1]
+                     * run.table(f"grad_norm/{s}/key", **where)[1])
+    return run.table(what.replace("/", f"/{s}/", 1) if "/" in what else f"{what}/{s}",
+                     **where)[1]
+  return run.table("loss", **where)[0], site_mean(site, layers(run))
+
+
+# How ``reduce_steps`` reduces [seeds, steps] to [seeds].
+REDUCE = {"final": lambda v: v[:, -1], "first": lambda v: v[:, 0],
+          "peak": lambda v: np.max(v, 1)}
+
+
+def reduce_steps(values_SxN: np.ndarray, how: str = "final") -> np.ndarray:
+  """[seeds]: per seed, the last value (``"final"``), the value at step 0
+  (``"first"``) or the largest over the logged steps (``"peak"``)."""
+  return REDUCE[how](values_SxN)
+
+
+def finite_mean(x: np.ndarray, axis: int = 1) -> np.ndarray:
+  """The mean over ``axis`` of the finite values (a diverged run's NaN
+  skipped), without all-NaN warnings."""
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)
+    return np.nanmean(x, axis)
+
+
+def log_growth(first: np.ndarray, end: np.ndarray) -> np.ndarray:
+  """log10(end / first) where both are > 0, else NaN."""
+  with np.errstate(divide="ignore", invalid="ignore"):
+    return np.where((first > 0) & (end > 0), np.log10(end / first), np.nan)
+
+
+def best_head(run: results.Run, prefix: str, index: int, **where) -> tuple[np.ndarray, list]:
+  """Per seed, the largest per-head value ``<prefix><site>/H<h>`` over sites
+  and heads at logging point ``index`` (``/mean`` keys left out), and which
+  head it was, named ``L<l>/H<h>`` ("none" for a seed with no finite value)."""
+  best, which = best_over(run, [k for k in run.keys(prefix) if not k.endswith("/mean")],
+                          index, **where)
+  name = lambda k: "/".join(p for p in k.split("/") if p[:1] in "LH" and p[1:].isdigit())
+  return best, [name(k) if k else "none" for k in which]
+
+
+def seeds_summary(values) -> dict:
+  """``stats.describe`` of per-seed values (None, a diverged seed, counts as
+  NaN) and the values themselves."""
+  return {**stats.describe(np.asarray(values, float)), "per_seed": values}

@@ -253,3 +253,98 @@ def matrices_over_sizes(title: str, name: str, fn: Callable,
                    legend="best" if i == len(ss) - 1 else None, xticks=ns, xlog2=True)
              for i, s in enumerate(ss)]]
   return curves(title, name, grid, sharey=True, **options)
+
+def layer_profile(run: results.Run, prefix: str, names: Sequence[str], colors: dict,
+                  labels: dict, ylabel: str, refs: Sequence[Ref] = (),
+                  legend: str | None = None) -> Panel:
+  """A ``Panel`` of ``prefix/L<l>/<name>`` against the layer (numbered from 1):
+  per name, a band at step 0 (dashed, labelled "(step 0)") and at the end."""
+  x = np.arange(1, run.config.model.n_layers + 1)
+  at = lambda name, i: lambda r: (x, np.stack([r.table(f"{prefix}/L{l - 1}/{name}")[1][:, i]
+                                               for l in x], 1))
+  return Panel([Line(at(n, i), colors[n], labels[n] + tag, ls=ls) for n in names
+                for i, ls, tag in ((0, "--", " (step 0)"), (-1, "-", ""))], ylabel,
+               xlabel="layer", xticks=x, refs=refs, legend=legend)
+
+
+def layer_heads(run: results.Run, prefix: str, best_label: str = "best head",
+                cmap: str = "viridis") -> list[Line]:
+  """Per layer ``l``, coloured by depth: a band of ``prefix/L<l>`` (the mean
+  over heads, solid) and of the largest ``prefix/L<l>/H<h>`` (the best head,
+  dashed, labelled ``best_label``)."""
+  n, colors = run.config.model.n_layers, plotting.plt.get_cmap(cmap)
+  best = lambda l: lambda r: (r.table(f"{prefix}/L{l}")[0], np.max(
+      [r.table(k)[1] for k in r.keys(f"{prefix}/L{l}/H")], 0))
+  return [Line(values, colors(l / max(1, n - 1)), f"layer {l + 1}: {what}", ls=ls)
+          for l in range(n) for values, what, ls in (
+              (f"{prefix}/L{l}", "mean over heads", "-"), (best(l), best_label, "--"))]
+
+
+@dataclasses.dataclass(frozen=True)
+class XRow:
+  """A row of panels against a swept value: ``values(column, band)`` ->
+  [seeds, len(x)]; ``refs`` grey levels; ``guide`` ``(x, y, label)``, a grey
+  dotted curve on the row's first panel."""
+  ylabel: str
+  values: Callable[[Any, str], np.ndarray]
+  log: bool = False
+  refs: Sequence[Ref] = ()
+  ylim: tuple | None = None
+  guide: tuple | None = None
+
+
+def draw_against(rows: Sequence[XRow], cols: dict, x: Sequence[float], xlabel: str,
+                 bands: Sequence[tuple], title: str, note: str):
+  """Rows ``XRow``; columns ``{title: column}``; a band per ``bands`` entry
+  ``(band, colour, label)``; ``x`` (a swept value: d_k, a learning rate) on a
+  log axis, ticked at its values; ``note`` follows the seed count."""
+  fig, axes = plotting.plt.subplots(len(rows), len(cols), squeeze=False, sharex=True,
+                                    figsize=(3.1 * len(cols) + 0.8, 2.2 * len(rows) + 0.4))
+  n = 0
+  for (i, j), ax in np.ndenumerate(axes):
+    row, (col_title, col) = rows[i], list(cols.items())[j]
+    for band, color, label in bands:
+      n = max(n, plotting.band(ax, x, row.values(col, band), color, label, row.log))
+    ax.set(xscale="log", xticks=x, xticklabels=[f"{t:g}" for t in x],
+           title=col_title if i == 0 else "", ylabel=row.ylabel if j == 0 else "",
+           xlabel=xlabel if i == len(rows) - 1 else "")
+    ax.minorticks_off()
+    for ref in row.refs:
+      ax.axhline(ref.y, color="0.5", ls=ref.ls, lw=1, label=ref.label)
+    if row.ylim is not None:
+      ax.set_ylim(*row.ylim)
+    if row.guide is not None and j == 0:
+      ax.plot(*row.guide[:2], color="0.5", ls=":", lw=1, label=row.guide[2])
+  axes[0][-1].legend(frameon=False, fontsize=7)
+  fig.suptitle(title, y=1.0)
+  fig.tight_layout()
+  plotting.seed_note(fig, n, note)
+  return fig
+
+
+def against(title: str, name: str, spec: Callable[[results.Run], dict]) -> Figure:
+  """Panels against a swept value: ``spec(run)`` gives ``draw_against``'s arguments."""
+  return Figure(title, name, lambda r: draw_against(**spec(r)))
+
+
+def rel_dist_init(sites: Callable[[results.Run], list[str]] = effects.layers,
+                  names: Sequence[str] = plotting.QKV + ("out",)) -> Figure:
+  """Per site, how far each matrix moved: ||W - W_init|| / ||W_init|| over training."""
+  return site_curves("Relative distance from initialization", "rel_dist_init",
+                     "rel_dist_init", names, "||W - W_init|| / ||W_init||",
+                     "How far each matrix moved", sites=sites)
+
+
+def eff_rank(sites: Callable[[results.Run], list[str]] = effects.layers) -> Figure:
+  """Per site, the effective rank of W_Q, W_K, W_V over training."""
+  return site_curves("Effective rank of W_Q, W_K, W_V", "eff_rank", "eff_rank", plotting.QKV,
+                     "effective rank", "Effective rank (exp entropy of singular values)",
+                     sites=sites)
+
+
+def head_lines(key: str, n_heads: int, cmap: str = "viridis") -> list[Line]:
+  """A band per head, ``key/H<h>`` (coloured along ``cmap``), and one of
+  their mean, ``key/mean`` (black)."""
+  colors = plotting.plt.get_cmap(cmap)
+  return [Line(f"{key}/H{h}", colors(h / max(1, n_heads - 1)), f"head {h}")
+          for h in range(n_heads)] + [Line(f"{key}/mean", "k", "head mean")]

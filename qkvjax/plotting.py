@@ -407,3 +407,58 @@ def model_spectra(spectra: dict[str, dict[str, Sequence[float]]]):
   axes[0][0].set_ylabel("singular value")
   axes[0][-1].legend(frameon=False)
   return fig
+
+def pca_grid(coords: dict[str, np.ndarray], rows: dict[str, str], cols: dict[str, str],
+             classes, class_labels: Sequence[str], colors: Sequence[str], title: str):
+  """Saved 2-D coordinates of vectors (``coords["<column>/<row>"]`` [N, 2],
+  such as ``sample_kinds.qkv_pca``'s): rows ``{row: y label}``, columns
+  ``{column: title}``, one colour per class (``classes`` [N] indexes
+  ``class_labels``), the same square limits everywhere."""
+  fig, axes = plt.subplots(len(rows), len(cols), squeeze=False,
+                           figsize=(2.4 * len(cols), 2.2 * len(rows)))
+  classes = np.asarray(classes)
+  lim = 1.1 * max(1e-3, max(np.max(np.abs(c)) for c in coords.values()))
+  cells = [(i, j) for i in enumerate(rows.items()) for j in enumerate(cols.items())]
+  for (r, (row, ylabel)), (c, (col, col_title)) in cells:
+    xy, ax = np.asarray(coords[f"{col}/{row}"]), axes[r][c]
+    for k, label in enumerate(class_labels):
+      ax.scatter(*xy[classes == k].T, s=8, alpha=0.6, color=colors[k], label=label)
+    ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal",
+           title=col_title if r == 0 else "", ylabel=ylabel if c == 0 else "")
+    ax.tick_params(labelsize=6)
+  axes[0][-1].legend(frameon=False, fontsize=6, loc="upper right")
+  fig.suptitle(title, fontsize=8, y=1.0)
+  fig.tight_layout()
+  return fig
+
+
+def alignment_grid(items: Sequence[dict], queries: str, keys: str, title: str):
+  """Saved attention of one seed on sample pairs: rows ``items`` (each with
+  ``weights_LxHxTxS`` and its query and key tokens under ``queries`` and
+  ``keys``), a column per (layer, head), the most-attended key of each query
+  dotted."""
+  n_layers, n_heads = np.asarray(items[0]["weights_LxHxTxS"]).shape[:2]
+  fig, axes = plt.subplots(len(items), n_layers * n_heads, squeeze=False,
+                           figsize=(1.7 * n_layers * n_heads, 1.9 * len(items) + 0.5))
+  for row, item in zip(axes, items):
+    w_LxHxTxS = np.asarray(item["weights_LxHxTxS"])
+    for l in range(n_layers):
+      cols = row[l * n_heads:(l + 1) * n_heads]
+      attention_maps(w_LxHxTxS[l], item[queries], item[keys], cols,
+                     [f"L{l} H{h}" for h in range(n_heads)])
+      for ax, w_TxS in zip(cols, w_LxHxTxS[l]):
+        ax.set_aspect("auto")
+        ax.plot(np.argmax(w_TxS, -1), np.arange(len(w_TxS)), "o", color="#d62728", ms=2)
+  fig.suptitle(title, fontsize=8, y=1.0)
+  fig.tight_layout()
+  return fig
+
+
+def named_dots(ax, values, names: Sequence[str], level: float, level_label: str, **settings):
+  """One dot per seed, ticked with the seed over its name (what the seed's
+  value is of), and a red dashed ``level`` (a threshold); ``settings`` go to ``ax.set``."""
+  ax.scatter(np.arange(len(values)), values, color="k", zorder=3)
+  ax.axhline(level, color="#d62728", ls="--", lw=1, label=level_label)
+  ax.set_xticks(range(len(values)), [f"{i}\n{w}" for i, w in enumerate(names)], fontsize=6)
+  ax.set(**settings)
+  ax.legend(frameon=False, fontsize=7)

@@ -183,3 +183,10 @@ def write(run: results.Run, title: str, description: str, summary: dict[str, Any
   lines += sections
   lines += redraw_lines(run.dir)
   results.write_atomic(run.dir / "report.md", "\n".join(lines))
+
+
+def change_cell(values_SxN) -> str:
+  """Mean ± std across seeds at the first and the last logging point of
+  [seeds, steps] values (NaN seeds skipped): ``"a ± b → c ± d"``."""
+  mean, std = plotting.nan_mean_std(values_SxN[:, [0, -1]])
+  return " → ".join(f"{m:.2f} ± {s:.2f}" for m, s in zip(mean, std))

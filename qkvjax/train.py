@@ -175,6 +175,10 @@ class Measurement(NamedTuple):
     """One fixed batch, the same for every run and step."""
     return self.task.sample(jax.random.PRNGKey(EVAL_KEY + self.config.seed), size)
 
+  def eval_key(self) -> jax.Array:
+    """The key of the fixed eval batch, for a task's own fixed sets (a probe set)."""
+    return jax.random.PRNGKey(EVAL_KEY + self.config.seed)
+
   def forward(self, batch, params: nnx.State | None = None, **call_kwargs):
     """``(loss, task_metrics, captured)`` of the model (or of ``params``) on ``batch``."""
     loss, (task_metrics, captured) = self.trainer.loss_fn(

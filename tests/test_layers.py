@@ -12,7 +12,7 @@ PACKAGE = ROOT / "qkvjax"
 # every other module of qkvjax is library.
 ABOVE_LIBRARY = {"qkvjax.registry", "qkvjax.study", "qkvjax.runner", "qkvjax.sweep",
                  "qkvjax.report", "qkvjax.plotting", "qkvjax.claim_kinds",
-                 "qkvjax.figure_kinds"}
+                 "qkvjax.figure_kinds", "qkvjax.sample_kinds"}
 
 
 def _module_name(path: pathlib.Path) -> str:

@@ -123,7 +123,7 @@ def test_cross_attention_takes_q_from_decoder_and_kv_from_encoder():
 def test_in_the_model_source_moves_only_k_v_and_target_moves_only_q():
   data = spelling.load(**SMALL_DATA)
   cfg = tiny_translation_config()
-  model = translation.model_fn(cfg, data, nnx.Rngs(params=0))
+  model = translation.STUDY.model_fn(cfg, data, nnx.Rngs(params=0))
   src, tgt_in, _ = (jnp.asarray(x[:4]) for x in data.train)
   site = "decoder/L0/cross_attn"
   c = models.apply(model, src, tgt_in)[1].attention[site]

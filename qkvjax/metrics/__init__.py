@@ -11,8 +11,10 @@ run-vmapped measurement; a study lists the groups it logs.
   model gets them.
 - ``similarity``: CKA and RSA of the Q, K, V vectors with the token embedding.
 - ``attention``: attention on a task's ground-truth key, logit statistics,
-  entropy, the Q.K ablation, and the prediction position's attention on
-  itself vs the target.
+  entropy, the Q.K ablation, the prediction position's attention on
+  itself vs the target, and an encoder-decoder's cross-attention alignment.
+- ``context``: how an ambiguous word's q, k, v change with its context (the
+  context task's probe set).
 - ``heads``: per head, attention share and ablation damage of each relation
   of the two-relation task, and how the relations' profiles over heads overlap.
 - ``representations``: the residual stream's continuity with the embedding
@@ -21,14 +23,16 @@ run-vmapped measurement; a study lists the groups it logs.
   W_Q W_K^T per head and per layer (``qk_structure``, logged by every study).
 """
 
-from qkvjax.metrics.attention import (ablate_head, ablate_qk, attention_signal, logit_std,
-                                      max_logit, normalized_entropy, prediction_attention,
+from qkvjax.metrics.attention import (ablate_head, ablate_qk, attention_signal,
+                                      heldout_alignment, logit_std, max_logit,
+                                      normalized_entropy, prediction_attention,
                                       target_attention, visible_mask)
 from qkvjax.metrics.circuits import (attention_modules, copying_from_matrices,
                                      directionality_score, ov_copying, ov_copying_score,
                                      ov_matrices, qk_matrices, qk_structure,
                                      qk_structure_scores, qk_update_structure,
                                      symmetry_score)
+from qkvjax.metrics.context import context_probe
 from qkvjax.metrics.heads import relation_heads
 from qkvjax.metrics.representations import (rank_collapse, representation_metrics,
                                             token_cosine)
@@ -40,11 +44,12 @@ from qkvjax.metrics.weights import (attention_matrices, cosine, effective_rank,
 
 __all__ = [
     "ablate_head", "ablate_qk", "attention_matrices", "attention_modules",
-    "attention_signal", "copying_from_matrices", "cosine", "directionality_score",
+    "attention_signal", "context_probe", "copying_from_matrices", "cosine",
+    "directionality_score",
     "effective_rank",
-    "embedding_similarity", "frobenius", "grad_norms", "linear_cka", "linear_probe_accuracy",
-    "logit_std", "matrices", "matrix_grad_norms", "max_logit", "normalized_entropy",
-    "ov_copying",
+    "embedding_similarity", "frobenius", "grad_norms", "heldout_alignment", "linear_cka",
+    "linear_probe_accuracy", "logit_std", "matrices", "matrix_grad_norms", "max_logit",
+    "normalized_entropy", "ov_copying",
     "ov_copying_score", "ov_matrices", "prediction_attention", "qk_matrices", "qk_structure",
     "qk_structure_scores",
     "qk_update_structure", "rank_collapse", "relation_heads",

@@ -4,7 +4,9 @@
 (``target_pos_B``) and predicts at the last position (selection, match);
 ``attention_signal`` works for any model. ``prediction_attention`` compares
 the prediction position's attention on itself and on the target (on an eval
-batch), and the symmetry of the scores.
+batch), and the symmetry of the scores. ``heldout_alignment`` measures an
+encoder-decoder's cross-attention on a seq2seq task's held-out pairs (the
+spelling task: ``heldout`` and ``alignment``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import jax.numpy as jnp
 
 from qkvjax import attention
 from qkvjax.metrics.weights import cosine
-from qkvjax.models import site_name
+from qkvjax.models import encoder_decoder, site_name
 from qkvjax.tasks import base
 
 
@@ -154,3 +156,19 @@ def ablate_head(params, site: str, head: int):
     name = site_name(tuple(k.key for k in path if hasattr(k, "key")))
     return x.at[head].set(0.0) if name == f"{site}/out" else x
   return jax.tree_util.tree_map_with_path(one, params)
+
+
+def heldout_alignment(m) -> dict[str, jax.Array]:
+  """Teacher-forced on every held-out word: loss, phoneme and word accuracy;
+  per cross-attention site and head (and head mean), how monotonic the
+  letter -> phoneme alignment is, and the attention entropy."""
+  held = jax.tree.map(jnp.asarray, m.task.heldout)
+  loss, task_metrics, cap = m.forward(held)
+  out = {"heldout/loss": loss, **{f"heldout/{k}": v for k, v in task_metrics.items()}}
+  for site in encoder_decoder.sites(m.config.model, [encoder_decoder.CROSS]):
+    w_BxHxTxS = cap.attention[site].weights_BxHxTxS
+    for h, w_BxTxS in [*enumerate(jnp.moveaxis(w_BxHxTxS, 1, 0)), ("mean", w_BxHxTxS.mean(1))]:
+      head = h if h == "mean" else f"H{h}"
+      out[f"cross_monotonic/{site}/{head}"], out[f"cross_entropy/{site}/{head}"] = (
+          m.task.alignment(w_BxTxS, held))
+  return out

@@ -123,3 +123,22 @@ class EncoderDecoder(nnx.Module):
       return buf_BxT1.at[:, t + 1].set(next_B)
 
     return jax.lax.fori_loop(0, tgt_len, step, buf_BxT1)[:, 1:]
+
+
+# The attention sites of an ``EncoderDecoder``, per kind (a pattern of the layer).
+ENCODER_SELF, DECODER_SELF, CROSS = ("encoder/L{}/self_attn", "decoder/L{}/self_attn",
+                                     "decoder/L{}/cross_attn")
+
+
+def sites(cfg, kinds=(ENCODER_SELF, DECODER_SELF, CROSS)) -> list[str]:
+  """The attention sites of the given kinds, layer by layer, for the model
+  config ``cfg`` (``enc_layers``, ``dec_layers``)."""
+  return [k.format(l) for k in kinds
+          for l in range(cfg.enc_layers if k.startswith("encoder") else cfg.dec_layers)]
+
+
+def for_task(cfg, task, rngs: nnx.Rngs) -> EncoderDecoder:
+  """The ``EncoderDecoder`` sized for a seq2seq ``task`` (source and target
+  vocabularies and lengths): a study's ``model_fn``."""
+  return EncoderDecoder(cfg.model, task.src_vocab_size, task.vocab_size, task.src_len,
+                        task.tgt_len, rngs=rngs)

@@ -13,15 +13,16 @@ import numpy as np
 
 from qkvjax import config as config_lib
 from qkvjax import effects
+from qkvjax import figure_kinds
 from qkvjax import metrics
 from qkvjax import plotting
 from qkvjax import report
 from qkvjax import stats
 from qkvjax import study
 from qkvjax import train
+from qkvjax.figure_kinds import BandRow, Ref, XRow
 from qkvjax.study import Claim, Figure
 
-plt = plotting.plt
 # What each variant sets in the ``model`` block.
 VARIANTS = {"scaled": {"model.attn_scale": "inv_sqrt_dk", "model.qk_norm": False},
             "unscaled": {"model.attn_scale": "none", "model.qk_norm": False},
@@ -55,19 +56,10 @@ def validate(c) -> None:
 
 def series(run, what: str, **where) -> tuple[np.ndarray, np.ndarray]:
   """``(steps, [seeds, steps])`` of ``what``: ``loss``, ``accuracy``,
-  ``diverged`` as logged; ``grad_qk`` (sqrt(|grad W_Q| |grad W_K|)),
-  ``grad_norm/<matrix>`` or a per-site prefix (``logit_std``), layer mean."""
+  ``diverged`` as logged, else its layer mean (``effects.layer_mean``)."""
   if what in ("loss", "accuracy", "diverged"):
     return run.table(what, **where)
-
-  def site(s):
-    if what == "grad_qk":
-      return np.sqrt(run.table(f"grad_norm/{s}/query", **where)[1]
-                     * run.table(f"grad_norm/{s}/key", **where)[1])
-    return run.table(what.replace("/", f"/{s}/", 1) if "/" in what else f"{what}/{s}",
-                     **where)[1]
-  sites = [f"L{l}" for l in range(run.config.model.n_layers)]
-  return run.table("loss", **where)[0], effects.site_mean(site, sites)
+  return effects.layer_mean(run, what, **where)
 
 
 def at_init(run, what: str, variant: str, d: int) -> np.ndarray:
@@ -88,22 +80,14 @@ def trained(run, what: str, variant: str, d: int, rate: float):
 def over_rates(run, what: str, variant: str, d: int, reduce: str = "final") -> np.ndarray:
   """[seeds, rates]: per run, the final value, the value at step 0 (``"first"``)
   or the peak over logged steps (``"peak"``); NaN for a diverged run."""
-  pick = {"final": lambda v: v[:, -1], "first": lambda v: v[:, 0],
-          "peak": lambda v: np.max(v, 1)}[reduce]
-  return np.stack([pick(trained(run, what, variant, d, r)[1])
+  return np.stack([effects.reduce_steps(trained(run, what, variant, d, r)[1], reduce)
                    for r in run.config.learning_rates], 1)
-
-
-def rate_mean(x_SxR: np.ndarray) -> np.ndarray:
-  """[seeds]: the mean over the non-diverged (finite) rates."""
-  return plotting.nan_mean_std(x_SxR, 1)[0]
 
 
 def log_growth(run, variant: str, d: int) -> np.ndarray:
   """[seeds]: log10(final max logit / max logit at step 0), mean over non-diverged rates."""
-  first, end = (over_rates(run, "max_logit", variant, d, r) for r in ("first", "final"))
-  with np.errstate(divide="ignore", invalid="ignore"):
-    return rate_mean(np.where((first > 0) & (end > 0), np.log10(end / first), np.nan))
+  return effects.finite_mean(effects.log_growth(
+      *(over_rates(run, "max_logit", variant, d, r) for r in ("first", "final"))))
 
 
 def claims(run) -> list[Claim]:
@@ -139,14 +123,14 @@ def claims(run) -> list[Claim]:
       ("scaling keeps W_Q, W_K gradients from exploding (in training)", QUOTE_EXPLODE,
        "division_of_labor", "log10 of the peak logged W_Q/W_K gradient norm (mean over "
        "non-diverged learning rates), unscaled / scaled",
-       lambda r, v: np.log10(rate_mean(over_rates(r, "grad_qk", v, d, "peak"))), 1, 0.1),
+       lambda r, v: np.log10(effects.finite_mean(over_rates(r, "grad_qk", v, d, "peak"))), 1, 0.1),
       ("scaling keeps softmax from saturating (after training)", QUOTE_SCALE,
        "qkv_in_transformers", "final normalized attention entropy, mean over non-diverged "
        "learning rates, scaled minus unscaled",
-       lambda r, v: rate_mean(over_rates(r, "norm_entropy", v, d)), -1, 0.05),
+       lambda r, v: effects.finite_mean(over_rates(r, "norm_entropy", v, d)), -1, 0.05),
       ("scaling gives a lower final loss across learning rates", QUOTE_SCALE,
        "qkv_in_transformers", f"final loss, mean over non-diverged learning rates {rates}, "
-       "unscaled minus scaled", lambda r, v: rate_mean(over_rates(r, "loss", v, d)), 1, 0.05))
+       "unscaled minus scaled", lambda r, v: effects.finite_mean(over_rates(r, "loss", v, d)), 1, 0.05))
   if {"scaled", "unscaled"} <= have:
     out += [Claim(text, quote, source, f"d_k={d}: {measured}",
                   lambda r, f=value, s=sign: s * (f(r, "unscaled") - f(r, "scaled")),
@@ -164,99 +148,75 @@ def claims(run) -> list[Claim]:
 
 
 # ---- figures -------------------------------------------------------------------
-def against(run, rows, cols: dict, values, x, xlabel: str, title: str, note: str,
-            bands=None):
-  """Panels against ``x`` (d_k or learning rate, log scale): rows ``(metric, y
-  label, log y)``, columns ``{title: column}``, one band per variant (or per
-  ``bands``: (name, colour, label)); ``values(metric, column, band)`` is
-  [seeds, len(x)]."""
-  bands = bands or [(v, COLORS[v], LABELS[v]) for v in run.config.variants]
-  fig, axes = plt.subplots(len(rows), len(cols), squeeze=False, sharex=True,
-                           figsize=(3.1 * len(cols) + 0.8, 2.2 * len(rows) + 0.4))
-  n = 0
-  for (i, j), ax in np.ndenumerate(axes):
-    (what, ylabel, log), (col_title, col) = rows[i], list(cols.items())[j]
-    for band, color, label in bands:
-      n = max(n, plotting.band(ax, x, values(what, col, band), color, label, log))
-    ax.set(xscale="log", xticks=x, xticklabels=[f"{t:g}" for t in x],
-           title=col_title if i == 0 else "", ylabel=ylabel if j == 0 else "",
-           xlabel=xlabel if i == len(rows) - 1 else "")
-    ax.minorticks_off()
-  axes[0][-1].legend(frameon=False, fontsize=7)
-  fig.suptitle(title, y=1.0)
-  fig.tight_layout()
-  plotting.seed_note(fig, n, note)
-  return fig
+def variant_bands(run) -> list[tuple]:
+  return [(v, COLORS[v], LABELS[v]) for v in run.config.variants]
 
 
-def init_figure(run):
+def init_spec(run) -> dict:
+  """Logit std, saturation and Q/K gradients against d_k, at initialization."""
   heads = list(run.config.d_heads)
-  fig = against(
-      run, (("logit_std", "std of attention logits", True),
-            ("norm_entropy", "entropy / log(#keys)", False),
-            ("grad_qk", "√(‖∇W_Q‖‖∇W_K‖)", True)), {"": None},
-      lambda what, _, v: by_dhead(run, what, v), heads, "d_k (d_head)",
-      "At initialization: logits, softmax saturation and Q/K gradients vs d_k",
-      "layer mean; at initialization")
+  guide = None
   if "unscaled" in run.config.variants:
     ref = np.nanmean(at_init(run, "logit_std", "unscaled", heads[0]))
-    fig.axes[0].plot(heads, ref * np.sqrt(np.array(heads) / heads[0]), color="0.5", ls=":",
-                     lw=1, label="∝ √d_k")
-    fig.axes[0].legend(frameon=False, fontsize=7)
-  return fig
+    guide = (heads, ref * np.sqrt(np.array(heads) / heads[0]), "∝ √d_k")
+  row = lambda what, ylabel, log, **kw: XRow(ylabel, lambda _, v: by_dhead(run, what, v), log,
+                                             **kw)
+  return dict(rows=[row("logit_std", "std of attention logits", True, guide=guide),
+                    row("norm_entropy", "entropy / log(#keys)", False),
+                    row("grad_qk", "√(‖∇W_Q‖‖∇W_K‖)", True)],
+              cols={"": None}, x=heads, xlabel="d_k (d_head)", bands=variant_bands(run),
+              title="At initialization: logits, softmax saturation and Q/K gradients vs d_k",
+              note="layer mean; at initialization")
 
 
-def init_grad_figure(run):
-  return against(
-      run, (("", "gradient norm at init (layer mean)", True),),
-      {LABELS[v]: v for v in run.config.variants},
-      lambda _, v, m: by_dhead(run, f"grad_norm/{m}", v), list(run.config.d_heads),
-      "d_k (d_head)", "Per-matrix gradient norms at initialization",
-      "at initialization", bands=[(m, plotting.MATRIX_COLORS[m], plotting.MATRIX_LABELS[m])
-                                  for m in ("query", "key", "value", "out")])
+def init_grad_spec(run) -> dict:
+  return dict(rows=[XRow("gradient norm at init (layer mean)",
+                         lambda v, m: by_dhead(run, f"grad_norm/{m}", v), True)],
+              cols={LABELS[v]: v for v in run.config.variants}, x=list(run.config.d_heads),
+              xlabel="d_k (d_head)", title="Per-matrix gradient norms at initialization",
+              note="at initialization", bands=[
+                  (m, plotting.MATRIX_COLORS[m], plotting.MATRIX_LABELS[m])
+                  for m in ("query", "key", "value", "out")])
 
 
-def lr_figure(run):
-  fig = against(
-      run, (("loss", "final loss", False), ("diverged", "fraction of seeds diverged", False),
-            ("norm_entropy", "final attention entropy / log(#keys)", False),
-            ("max_logit", "final max logit", True)),
-      {f"d_k = {d}": d for d in run.config.d_heads},
-      lambda what, d, v: over_rates(run, what, v, d), list(run.config.learning_rates),
-      "learning rate", f"Learning-rate sensitivity after {run.config.steps} steps (dotted: "
-      "chance loss log n_details)", "per learning rate; diverged runs excluded from the bands")
-  n = len(run.config.d_heads)
-  for ax in fig.axes[:n]:
-    ax.axhline(np.log(run.config.task.n_details), color="0.5", ls=":", lw=1)
-  for ax in fig.axes[n:2 * n]:
-    ax.set_ylim(-0.05, 1.05)
-  return fig
+def lr_spec(run) -> dict:
+  row = lambda what, ylabel, log, **kw: XRow(ylabel, lambda d, v: over_rates(run, what, v, d),
+                                             log, **kw)
+  return dict(rows=[row("loss", "final loss", False,
+                        refs=[Ref(np.log(run.config.task.n_details))]),
+                    row("diverged", "fraction of seeds diverged", False, ylim=(-0.05, 1.05)),
+                    row("norm_entropy", "final attention entropy / log(#keys)", False),
+                    row("max_logit", "final max logit", True)],
+              cols={f"d_k = {d}": d for d in run.config.d_heads},
+              x=list(run.config.learning_rates), xlabel="learning rate", bands=variant_bands(run),
+              title=f"Learning-rate sensitivity after {run.config.steps} steps (dotted: chance "
+              "loss log n_details)", note="per learning rate; diverged runs excluded from the "
+              "bands")
 
 
-def curves_figure(run):
-  """Layer means over training at the largest d_k, a column per rate."""
-  d, rates = max(run.config.d_heads), run.config.learning_rates
-  rows = (("max logit", "max_logit"), ("entropy / log(#keys)", "norm_entropy"),
-          ("√(‖∇W_Q‖‖∇W_K‖)", "grad_qk"), ("loss", "loss"))
-  fig = plotting.band_grid(
-      run, [(label, lambda c, w=what: series(run, w, condition=c)[1]) for label, what in rows],
-      {f"lr = {r:g}": {v: name(v, d, r) for v in run.config.variants} for r in rates},
-      COLORS, LABELS, width=3.1, log=True)
-  for ax in fig.axes[len(rates):2 * len(rates)]:
-    ax.set_yscale("linear")  # the entropy, in 0..1
-  fig.suptitle(f"Training at d_k = {d}: logit growth and entropy collapse (diverged seeds "
-               "stop)", y=1.02)
-  return fig
+def training_rows(run) -> list[BandRow]:
+  """Layer means over training at the largest d_k (a column per rate)."""
+  return [BandRow(label, lambda c, w=what: series(run, w, condition=c)[1],
+                  linear=what == "norm_entropy")  # the entropy, in 0..1
+          for label, what in (("max logit", "max_logit"),
+                              ("entropy / log(#keys)", "norm_entropy"),
+                              ("√(‖∇W_Q‖‖∇W_K‖)", "grad_qk"), ("loss", "loss"))]
 
 
 def figures(run) -> list[Figure]:
+  d = max(run.config.d_heads)
   return [
-      Figure("Logit std, attention entropy and Q/K gradients vs d_k at initialization",
-             "init_vs_dhead", init_figure),
-      Figure("Per-matrix gradient norms at initialization", "init_grad_norms",
-             init_grad_figure),
-      Figure("Learning-rate sensitivity per variant", "lr_sensitivity", lr_figure),
-      Figure("Training curves at the largest d_k", "training_curves", curves_figure),
+      figure_kinds.against("Logit std, attention entropy and Q/K gradients vs d_k at "
+                           "initialization", "init_vs_dhead", init_spec),
+      figure_kinds.against("Per-matrix gradient norms at initialization", "init_grad_norms",
+                           init_grad_spec),
+      figure_kinds.against("Learning-rate sensitivity per variant", "lr_sensitivity", lr_spec),
+      figure_kinds.bands(
+          "Training curves at the largest d_k", "training_curves", training_rows,
+          lambda r: {f"lr = {x:g}": {v: name(v, d, x) for v in r.config.variants}
+                     for x in r.config.learning_rates}, COLORS, LABELS, width=3.1, log=True,
+          suptitle=lambda r: f"Training at d_k = {d}: logit growth and entropy collapse "
+          "(diverged seeds stop)"),
   ]
 
 

@@ -30,6 +30,7 @@ from qkvjax import config as config_lib
 from qkvjax.tasks import base
 
 DOMAINS = ("nature", "tech")
+CHANCE = 0.5  # accuracy from the word and its position alone: a coin for the sense
 # word: (its nature sense, its tech sense)
 _AMBIGUOUS = [("apple", ("fruit", "company")), ("jaguar", ("cat", "carmaker")),
               ("python", ("snake", "language")), ("amazon", ("river", "retailer")),

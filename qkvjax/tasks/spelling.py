@@ -166,6 +166,25 @@ class SpellingTask:
     return (jnp.sum(jnp.where(counted_B, rho_B, 0.0)) / jnp.maximum(jnp.sum(counted_B), 1),
             jnp.sum(jnp.where(is_phoneme_BxT, ent_BxT, 0.0)) / jnp.sum(is_phoneme_BxT))
 
+  def greedy_sample(self, out_RxNxT, diverged_R, seed: int, weights_NxLxHxTxS,
+                    n_examples: int) -> dict[str, Any]:
+    """What a run saves of greedy decoding: each seed's held-out word accuracy
+    and phoneme error rate (None for a diverged seed) from its outputs
+    ``out_RxNxT``; ``seed``'s cross-attention weights on the first held-out
+    words (letters x phonemes, then <eos>) and its first ``n_examples`` outputs."""
+    scores = [(None, None, []) if bad else self.score(out_NxT)
+              for out_NxT, bad in zip(out_RxNxT, np.asarray(diverged_R))]
+    truth = [self.decode_phonemes(t) for t in self.heldout.tgt_out_BxT]
+    words = [{"word": w, "letters": list(w), "phonemes": truth[b] + ["<eos>"],
+              # rows: decoder positions predicting each phoneme, then <eos>
+              "weights_LxHxTxS": weights_NxLxHxTxS[b, :, :, :len(truth[b]) + 1, :len(w)]}
+             for b, w in enumerate(self.heldout_words[:len(weights_NxLxHxTxS)])]
+    return {"seed": seed, "word_acc": [s[0] for s in scores], "words": words,
+            "phoneme_error_rate": [s[1] for s in scores],
+            "examples": [{"word": w, "truth": " ".join(t), "predicted": " ".join(p)}
+                         for w, t, p in zip(self.heldout_words, truth,
+                                            scores[seed][2][:n_examples])]}
+
   def decode_phonemes(self, ids) -> list[str]:
     """Phoneme ids up to the first <eos> or <pad>, as symbols."""
     out = []
@@ -175,6 +194,16 @@ class SpellingTask:
       if i != BOS:
         out.append(PHONEME_VOCAB[i])
     return out
+
+
+def provenance(d: dict[str, Any]) -> str:
+  """The data's provenance and split, from a task's ``info`` (``task.json``)."""
+  return (
+      f"Data: the CMU Pronouncing Dictionary from the `{d['package']}` package, version "
+      f"{d['package_version']} (dictionary sha256 `{d['dict_sha256'][:16]}…`, "
+      f"{d['dict_entries']} words); words of {d['word_len'][0]}-{d['word_len'][1]} letters "
+      f"a-z, {d['pronunciation']}; split by word ({d['split']}): {d['n_train']} training, "
+      f"{d['n_heldout']} held-out words (lists in `task.json`).")
 
 
 def spearman_with_position(argmax_BxT: jax.Array, valid_BxT: jax.Array):
