@@ -138,8 +138,9 @@ def test_end_to_end_tiny_run_writes_every_file(tiny_run):
     assert (run_dir / name).stat().st_size > 0, name
   rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
   assert {r["condition"] for r in rows} == {f"{n} head{'s' * (n > 1)}" for n in n_heads}
+  two_heads = next(r for r in rows if r["condition"] == "2 heads")
   assert {"share/select/L0/H1", "share/prev/L0/H1", "ablation/select/L0/H1",
-          "ablation/prev/L0/H1", "eval_accuracy/select", "eval_loss/prev"} <= set(rows[0])
+          "ablation/prev/L0/H1", "eval_accuracy/select", "eval_loss/prev"} <= set(two_heads)
   summary = json.loads((run_dir / "summary.json").read_text())
   two = summary["heads"]["2 heads"]
   assert two["d_head"] == 8  # n_heads * d_head = d_model
