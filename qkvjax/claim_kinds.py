@@ -97,3 +97,12 @@ def costs(variant: str, task: str, baseline: str, quote: tuple[str, str], run, c
       "paired by seed; smallest effect of interest: config.acc_margin, the accuracy a cost "
       "must exceed to matter", paired(lambda r, c: r.final(key, condition=c), base, cond),
       stats.Greater(0.0, acc_margin))]
+
+
+def contrasts(a, b, rows, prefix: str = "") -> list[Claim]:
+  """A claim per row ``(name, quote, source, measured, fn, smallest)``: per
+  seed, ``fn(run, a) - fn(run, b)`` (``paired``) is > 0, ``smallest`` the
+  smallest effect of interest; ``prefix`` opens every measured text."""
+  return [Claim(name, quote, source, prefix + measured, paired(fn, a, b),
+                stats.Greater(0.0, smallest))
+          for name, quote, source, measured, fn, smallest in rows]

@@ -7,6 +7,8 @@ attention *sites* (``L0``, ``decoder/L1/cross_attn``) say which blocks count.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Callable
 import warnings
 
 import numpy as np
@@ -160,12 +162,13 @@ def layer_mean(run: results.Run, what: str, **where) -> tuple[np.ndarray, np.nda
 
 # How ``reduce_steps`` reduces [seeds, steps] to [seeds].
 REDUCE = {"final": lambda v: v[:, -1], "first": lambda v: v[:, 0],
-          "peak": lambda v: np.max(v, 1)}
+          "peak": lambda v: np.max(v, 1), "growth": lambda v: log_growth(v[:, 0], v[:, -1])}
 
 
 def reduce_steps(values_SxN: np.ndarray, how: str = "final") -> np.ndarray:
   """[seeds]: per seed, the last value (``"final"``), the value at step 0
-  (``"first"``) or the largest over the logged steps (``"peak"``)."""
+  (``"first"``), the largest over the logged steps (``"peak"``) or
+  log10(last / first) (``"growth"``, ``log_growth``)."""
   return REDUCE[how](values_SxN)
 
 
@@ -181,6 +184,38 @@ def log_growth(first: np.ndarray, end: np.ndarray) -> np.ndarray:
   """log10(end / first) where both are > 0, else NaN."""
   with np.errstate(divide="ignore", invalid="ignore"):
     return np.where((first > 0) & (end > 0), np.log10(end / first), np.nan)
+
+
+def metric(run: results.Run, what: str, **where) -> np.ndarray:
+  """[seeds, steps] of ``what``: the key as logged (``loss``, ``diverged``),
+  else its mean over layers (``layer_mean``: ``logit_std``, ``grad_qk``)."""
+  if run.has(what, **where):
+    return run.table(what, **where)[1]
+  return layer_mean(run, what, **where)[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+  """A study's conditions as a grid of factors: ``pattern`` names the
+  condition of one cell (``"{}/d{}/lr{}"``: variant, d_head, learning rate);
+  ``values(run, what, **where)`` is [seeds, steps] of a metric in one."""
+  pattern: str
+  values: Callable[..., np.ndarray] = metric
+
+  def name(self, *factors) -> str:
+    """The condition of the cell ``factors``."""
+    return self.pattern.format(*factors)
+
+  def read(self, run: results.Run, what: str, *factors, reduce: str = "final",
+           **where) -> np.ndarray:
+    """[seeds]: ``what`` in the cell ``factors``, reduced over its steps
+    (``reduce_steps``); a factor given as a list is swept, a column per value
+    ([seeds, len(list)])."""
+    for i, f in enumerate(factors):
+      if isinstance(f, (list, tuple)):
+        return np.stack([self.read(run, what, *factors[:i], v, *factors[i + 1:],
+                                   reduce=reduce, **where) for v in f], 1)
+    return reduce_steps(self.values(run, what, condition=self.name(*factors), **where), reduce)
 
 
 def best_head(run: results.Run, prefix: str, index: int, **where) -> tuple[np.ndarray, list]:

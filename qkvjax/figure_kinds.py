@@ -127,7 +127,7 @@ def dots(title: str, name: str, rows: Callable[[results.Run], list[DotRow]],
   """Rows ``DotRow``; columns ``groups(run)`` {title: {series: condition}};
   one dot per seed (hollow at or past ``censor(run)``), mean ± std."""
   def draw(run):
-    spec, cols = rows(run), groups(run)
+    spec, cols = rows(run) if callable(rows) else rows, groups(run)
     fig = plotting.dots_grid([(r.ylabel, r.values) for r in spec], cols, colors, labels,
                              censor(run) if censor else None, **options)
     for k, ax in enumerate(fig.axes):
@@ -142,9 +142,10 @@ def dots(title: str, name: str, rows: Callable[[results.Run], list[DotRow]],
 
 @dataclasses.dataclass(frozen=True)
 class BandRow:
-  """A row of bands: ``values`` a metric key or ``condition -> [seeds, steps]``;
-  ``refs(column index)`` the grey levels of each column's axes; ``title``
-  (if given) replaces the column title on this row's axes."""
+  """A row of bands: ``values`` a metric key (as logged, else its layer mean:
+  ``effects.metric``) or ``condition -> [seeds, steps]``; ``refs(column
+  index)`` the grey levels of each column's axes; ``title`` (if given)
+  replaces the column title on this row's axes."""
   ylabel: str
   values: str | Callable[[str], np.ndarray]
   refs: Callable[[int], Sequence[Ref]] = lambda j: ()
@@ -153,17 +154,20 @@ class BandRow:
   linear: bool = False
 
 
-def bands(title: str, name: str, rows: Callable[[results.Run], list[BandRow]],
+def bands(title: str, name: str,
+          rows: Sequence[BandRow] | Callable[[results.Run], list[BandRow]],
           groups: Callable[[results.Run], dict[str, dict[str, str]]], colors: dict,
           labels: dict | None = None, suptitle: Callable[[results.Run], str] | None = None,
           **options) -> Figure:
-  """Rows ``BandRow``; columns ``groups(run)`` {title: {series: condition}};
-  a band per series over training (``plotting.band_grid``), the legend beside
-  the top right axes; ``options`` go to ``band_grid``."""
+  """Rows ``BandRow`` (or ``rows(run)``); columns ``groups(run)`` {title:
+  {series: condition}}; a band per series over training
+  (``plotting.band_grid``), the legend beside the top right axes; ``options``
+  go to ``band_grid``."""
   def draw(run):
-    spec, cols = rows(run), groups(run)
-    fig = plotting.band_grid(run, [(r.ylabel, r.values) for r in spec], cols, colors, labels,
-                             **options)
+    spec, cols = rows(run) if callable(rows) else rows, groups(run)
+    read = lambda key: lambda c: effects.metric(run, key, condition=c)
+    fig = plotting.band_grid(run, [(r.ylabel, read(r.values) if isinstance(r.values, str)
+                                    else r.values) for r in spec], cols, colors, labels, **options)
     for k, ax in enumerate(fig.axes):
       row, j = spec[k // len(cols)], k % len(cols)
       for ref in row.refs(j):
@@ -283,10 +287,12 @@ def layer_heads(run: results.Run, prefix: str, best_label: str = "best head",
 @dataclasses.dataclass(frozen=True)
 class XRow:
   """A row of panels against a swept value: ``values(column, band)`` ->
-  [seeds, len(x)]; ``refs`` grey levels; ``guide`` ``(x, y, label)``, a grey
-  dotted curve on the row's first panel."""
+  [seeds, len(x)], or a metric key for ``draw_against``'s ``read``; ``refs``
+  grey levels; ``guide`` ``(band, power, label)``, a grey dotted curve ∝
+  x^power through that band's mean at the first x, on the row's first panel
+  (if the band is drawn)."""
   ylabel: str
-  values: Callable[[Any, str], np.ndarray]
+  values: str | Callable[[Any, str], np.ndarray]
   log: bool = False
   refs: Sequence[Ref] = ()
   ylim: tuple | None = None
@@ -294,17 +300,20 @@ class XRow:
 
 
 def draw_against(rows: Sequence[XRow], cols: dict, x: Sequence[float], xlabel: str,
-                 bands: Sequence[tuple], title: str, note: str):
-  """Rows ``XRow``; columns ``{title: column}``; a band per ``bands`` entry
-  ``(band, colour, label)``; ``x`` (a swept value: d_k, a learning rate) on a
-  log axis, ticked at its values; ``note`` follows the seed count."""
+                 bands: Sequence[tuple], title: str, note: str, read: Callable | None = None):
+  """Rows ``XRow`` (a metric key ``values`` read as ``read(key, column,
+  band)``); columns ``{title: column}``; a band per ``bands`` entry ``(band,
+  colour, label)``; ``x`` (a swept value: d_k, a learning rate) on a log axis,
+  ticked at its values; ``note`` follows the seed count."""
   fig, axes = plotting.plt.subplots(len(rows), len(cols), squeeze=False, sharex=True,
                                     figsize=(3.1 * len(cols) + 0.8, 2.2 * len(rows) + 0.4))
   n = 0
   for (i, j), ax in np.ndenumerate(axes):
     row, (col_title, col) = rows[i], list(cols.items())[j]
+    values = (lambda c, b, k=row.values: read(k, c, b)) if isinstance(row.values, str) else (
+        row.values)
     for band, color, label in bands:
-      n = max(n, plotting.band(ax, x, row.values(col, band), color, label, row.log))
+      n = max(n, plotting.band(ax, x, values(col, band), color, label, row.log))
     ax.set(xscale="log", xticks=x, xticklabels=[f"{t:g}" for t in x],
            title=col_title if i == 0 else "", ylabel=row.ylabel if j == 0 else "",
            xlabel=xlabel if i == len(rows) - 1 else "")
@@ -313,13 +322,24 @@ def draw_against(rows: Sequence[XRow], cols: dict, x: Sequence[float], xlabel: s
       ax.axhline(ref.y, color="0.5", ls=ref.ls, lw=1, label=ref.label)
     if row.ylim is not None:
       ax.set_ylim(*row.ylim)
-    if row.guide is not None and j == 0:
-      ax.plot(*row.guide[:2], color="0.5", ls=":", lw=1, label=row.guide[2])
+    if row.guide is not None and j == 0 and row.guide[0] in [b[0] for b in bands]:
+      band, power, label = row.guide
+      y0 = np.nanmean(values(col, band)[:, 0])
+      ax.plot(x, y0 * (np.asarray(x, float) / x[0]) ** power, color="0.5", ls=":", lw=1,
+              label=label)
   axes[0][-1].legend(frameon=False, fontsize=7)
   fig.suptitle(title, y=1.0)
   fig.tight_layout()
   plotting.seed_note(fig, n, note)
   return fig
+
+
+def styled(names: Sequence[str] = ("query", "key", "value", "out"),
+           colors: dict = plotting.MATRIX_COLORS,
+           labels: dict = plotting.MATRIX_LABELS) -> list[tuple]:
+  """``draw_against``'s bands: ``(name, colour, label)`` for each of ``names``
+  (by default the matrices W_Q, W_K, W_V, W_O)."""
+  return [(n, colors[n], labels[n]) for n in names]
 
 
 def against(title: str, name: str, spec: Callable[[results.Run], dict]) -> Figure:

@@ -132,6 +132,10 @@ def programs(study: Study, config) -> list:
 def check(study: Study, config, results_dir) -> None:
   """Every check that needs no training; ConfigError on bad input."""
   study.validate(config)
+  if study.init_seeds:  # seeds measured at initialization: two or more, for a spread
+    n = config_lib.field(config, study.init_seeds)
+    config_lib.require(2 <= n <= config_lib.MAX_SEEDS, study.init_seeds, n,
+                       f"2..{config_lib.MAX_SEEDS}")
   for _, (task, cfg) in condition_configs(study, config).items():
     if "model" in cfg and "tie" in cfg.model:
       models.validate_model(cfg.model)

@@ -7,15 +7,13 @@ the same seed keys, so comparisons are paired per seed."""
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 
+from qkvjax import claim_kinds
 from qkvjax import config as config_lib
 from qkvjax import effects
 from qkvjax import figure_kinds
 from qkvjax import metrics
-from qkvjax import plotting
 from qkvjax import report
 from qkvjax import stats
 from qkvjax import study
@@ -29,13 +27,13 @@ VARIANTS = {"scaled": {"model.attn_scale": "inv_sqrt_dk", "model.qk_norm": False
             "qk_norm": {"model.attn_scale": "inv_sqrt_dk", "model.qk_norm": True}}
 COLORS = {"scaled": "#1f77b4", "unscaled": "#d62728", "qk_norm": "#2ca02c"}
 LABELS = {"scaled": "scaled 1/√d_k", "unscaled": "unscaled", "qk_norm": "QK-norm + 1/√d_k"}
-QUOTE_SCALE = ("To stabilize the gradients during training, the dot product of Q and K is "
-               "scaled by the square root of the dimension of the key vectors")
-QUOTE_EXPLODE = "Scaling: Prevent gradient explosion."
-
-
-def name(variant: str, d_head: int, rate: float) -> str:
-  return f"{variant}/d{d_head}/lr{rate}"
+# (quote, source) of the claims that scaling helps.
+SCALE = ("To stabilize the gradients during training, the dot product of Q and K is scaled by "
+         "the square root of the dimension of the key vectors", "qkv_in_transformers")
+EXPLODE = ("Scaling: Prevent gradient explosion.", "division_of_labor")
+# Conditions ``<variant>/d<d_head>/lr<rate>``; metrics as logged or their layer means.
+GRID = effects.Grid("{}/d{}/lr{}")
+name = GRID.name
 
 
 def conditions(c) -> dict[str, dict]:
@@ -45,162 +43,103 @@ def conditions(c) -> dict[str, dict]:
 
 def validate(c) -> None:
   config_lib.validate_common(c)
-  config_lib.require(2 <= c.init_seeds <= config_lib.MAX_SEEDS, "init_seeds", c.init_seeds,
-                     f"2..{config_lib.MAX_SEEDS}")
   config_lib.require_values(c, "d_heads", lambda v: len(c.d_heads) >= 2 and 1 <= v <= 4096,
                             "two or more distinct integers in 1..4096")
-  config_lib.require_values(c, "variants", lambda v: v in VARIANTS,
-                            "distinct names from " + ", ".join(VARIANTS))
+  config_lib.require_names(c, "variants", VARIANTS)
   config_lib.require_values(c, "learning_rates", lambda v: v > 0, "distinct numbers > 0")
 
 
-def series(run, what: str, **where) -> tuple[np.ndarray, np.ndarray]:
-  """``(steps, [seeds, steps])`` of ``what``: ``loss``, ``accuracy``,
-  ``diverged`` as logged, else its layer mean (``effects.layer_mean``)."""
-  if what in ("loss", "accuracy", "diverged"):
-    return run.table(what, **where)
-  return effects.layer_mean(run, what, **where)
-
-
-def at_init(run, what: str, variant: str, d: int) -> np.ndarray:
-  """[init seeds]: ``what`` at initialization (the same for every rate: read the first)."""
-  cond = name(variant, d, run.config.learning_rates[0])
-  return series(run, what, phase="init", condition=cond)[1][:, 0]
-
-
-def by_dhead(run, what: str, variant: str) -> np.ndarray:
-  """[init seeds, d_heads]: ``what`` at initialization against d_k."""
-  return np.stack([at_init(run, what, variant, d) for d in run.config.d_heads], 1)
-
-
-def trained(run, what: str, variant: str, d: int, rate: float):
-  return series(run, what, condition=name(variant, d, rate))
-
-
-def over_rates(run, what: str, variant: str, d: int, reduce: str = "final") -> np.ndarray:
-  """[seeds, rates]: per run, the final value, the value at step 0 (``"first"``)
-  or the peak over logged steps (``"peak"``); NaN for a diverged run."""
-  return np.stack([effects.reduce_steps(trained(run, what, variant, d, r)[1], reduce)
-                   for r in run.config.learning_rates], 1)
-
-
-def log_growth(run, variant: str, d: int) -> np.ndarray:
-  """[seeds]: log10(final max logit / max logit at step 0), mean over non-diverged rates."""
-  return effects.finite_mean(effects.log_growth(
-      *(over_rates(run, "max_logit", variant, d, r) for r in ("first", "final"))))
+def at_init(run, what: str, v: str, d) -> np.ndarray:
+  """[init seeds]: ``what`` at initialization in variant ``v`` at d_head ``d``
+  (the same for every rate: read the first); [init seeds, d_heads] for a list ``d``."""
+  return GRID.read(run, what, v, d, run.config.learning_rates[0], reduce="first", phase="init")
 
 
 def claims(run) -> list[Claim]:
   heads, have = list(run.config.d_heads), set(run.config.variants)
   d, rates = max(heads), list(run.config.learning_rates)
+  # Per variant at d_k = max: at init, or per rate reduced over steps, mean over the finite.
+  init = lambda what, f=np.asarray: lambda r, v: f(at_init(r, what, v, d))
+  end = lambda what, how="final", f=np.asarray: lambda r, v: f(effects.finite_mean(
+      GRID.read(r, what, v, d, rates, reduce=how)))
   out = [Claim(
       f"{text} (at initialization)", quote, source, f"{variant}: per seed, least-squares "
       f"slope of log(logit std) on log(d_k) over d_k in {heads} (logit std pooled over "
       f"visible pairs, mean over layers); equivalent to {exponent:g} within ± 0.1 (a fifth "
-      "of the sqrt(d_k) exponent)", lambda r, v=variant: stats.loglog_slope(heads, by_dhead(r, "logit_std", v)),
+      "of the sqrt(d_k) exponent)",
+      lambda r, v=variant: stats.loglog_slope(heads, at_init(r, "logit_std", v, heads)),
       stats.Equivalent(0.1, center=exponent)) for variant, exponent, text, quote, source in (
           ("unscaled", 0.5, "without scaling, logit std grows like sqrt(d_k)",
            "unscaled logit std should grow like sqrt(d_k)", "qkvjax"),
           ("scaled", 0.0, "with 1/sqrt(d_k), logit std does not grow with d_k",
            "Attention(Q, K, V) = softmax(QKᵀ / √dₖ) · V", "qkv_mechanism"))
       if variant in have]
-  # Scaled vs unscaled at d_k = max: (claim, quote, source, measured, per-variant
-  # value, sign (+1: unscaled minus scaled), smallest effect of interest). Smallest
-  # effects: 0.05 of normalized entropy (5% of its 0..1 range), 0.1 in a log10
-  # ratio (a factor 1.26), one rate of the grid, 0.05 nats of loss.
-  vs_unscaled = (
-      ("scaling keeps softmax from saturating (at initialization)", QUOTE_SCALE,
-       "qkv_in_transformers", "normalized attention entropy (1 uniform, 0 one-hot), scaled "
-       "minus unscaled, same seeds", lambda r, v: at_init(r, "norm_entropy", v, d), -1, 0.05),
-      ("scaling keeps W_Q, W_K gradients from exploding (at initialization)", QUOTE_EXPLODE,
-       "division_of_labor", "log10 of the W_Q/W_K gradient norm (geometric mean, mean over "
-       "layers) unscaled / scaled; > 0: larger without scaling",
-       lambda r, v: np.log10(at_init(r, "grad_qk", v, d)), 1, 0.1),
-      ("scaling prevents divergence in training", QUOTE_SCALE, "qkv_in_transformers",
-       f"per seed, fraction of learning rates {rates} whose run hit a non-finite value, "
-       "unscaled minus scaled", lambda r, v: np.mean(over_rates(r, "diverged", v, d), 1),
-       1, 1 / len(rates)),
-      ("scaling keeps W_Q, W_K gradients from exploding (in training)", QUOTE_EXPLODE,
-       "division_of_labor", "log10 of the peak logged W_Q/W_K gradient norm (mean over "
-       "non-diverged learning rates), unscaled / scaled",
-       lambda r, v: np.log10(effects.finite_mean(over_rates(r, "grad_qk", v, d, "peak"))), 1, 0.1),
-      ("scaling keeps softmax from saturating (after training)", QUOTE_SCALE,
-       "qkv_in_transformers", "final normalized attention entropy, mean over non-diverged "
-       "learning rates, scaled minus unscaled",
-       lambda r, v: effects.finite_mean(over_rates(r, "norm_entropy", v, d)), -1, 0.05),
-      ("scaling gives a lower final loss across learning rates", QUOTE_SCALE,
-       "qkv_in_transformers", f"final loss, mean over non-diverged learning rates {rates}, "
-       "unscaled minus scaled", lambda r, v: effects.finite_mean(over_rates(r, "loss", v, d)), 1, 0.05))
+  # Unscaled vs scaled at d_k = max (np.negative: scaled minus unscaled). Smallest effects:
+  # 0.05 of normalized entropy (5% of its 0..1 range), 0.1 in a log10 ratio (a factor 1.26),
+  # one rate of the grid, 0.05 nats of loss.
   if {"scaled", "unscaled"} <= have:
-    out += [Claim(text, quote, source, f"d_k={d}: {measured}",
-                  lambda r, f=value, s=sign: s * (f(r, "unscaled") - f(r, "scaled")),
-                  stats.Greater(0.0, smallest))
-            for text, quote, source, measured, value, sign, smallest in vs_unscaled]
+    out += claim_kinds.contrasts("unscaled", "scaled", [
+        ("scaling keeps softmax from saturating (at initialization)", *SCALE, "normalized "
+         "attention entropy (1 uniform, 0 one-hot), scaled minus unscaled, same seeds",
+         init("norm_entropy", np.negative), 0.05),
+        ("scaling keeps W_Q, W_K gradients from exploding (at initialization)", *EXPLODE,
+         "log10 of the W_Q/W_K gradient norm (geometric mean, mean over layers) unscaled / "
+         "scaled; > 0: larger without scaling", init("grad_qk", np.log10), 0.1),
+        ("scaling prevents divergence in training", *SCALE, f"per seed, fraction of learning "
+         f"rates {rates} whose run hit a non-finite value, unscaled minus scaled",
+         lambda r, v: np.mean(GRID.read(r, "diverged", v, d, rates), 1), 1 / len(rates)),
+        ("scaling keeps W_Q, W_K gradients from exploding (in training)", *EXPLODE, "log10 of "
+         "the peak logged W_Q/W_K gradient norm (mean over non-diverged learning rates), "
+         "unscaled / scaled", end("grad_qk", "peak", np.log10), 0.1),
+        ("scaling keeps softmax from saturating (after training)", *SCALE, "final normalized "
+         "attention entropy, mean over non-diverged learning rates, scaled minus unscaled",
+         end("norm_entropy", f=np.negative), 0.05),
+        ("scaling gives a lower final loss across learning rates", *SCALE, f"final loss, mean "
+         f"over non-diverged learning rates {rates}, unscaled minus scaled", end("loss"),
+         0.05)], prefix=f"d_k={d}: ")
   if {"scaled", "qk_norm"} <= have:
-    out.append(Claim(
+    out += claim_kinds.contrasts("scaled", "qk_norm", [(
         "QK-norm bounds the growth of the largest logit more than 1/sqrt(d_k) alone",
         "(comparison variant, not an explainer claim)", "dehghani2023",
         f"d_k={d}: log10(final max logit / max logit at step 0), mean over non-diverged "
         "learning rates, scaled minus QK-norm; smallest effect 0.1 (a factor 1.26)",
-        lambda r: log_growth(r, "scaled", d) - log_growth(r, "qk_norm", d),
-        stats.Greater(0.0, 0.1)))
+        end("max_logit", "growth"), 0.1)])
   return out
 
 
-# ---- figures -------------------------------------------------------------------
-def variant_bands(run) -> list[tuple]:
-  return [(v, COLORS[v], LABELS[v]) for v in run.config.variants]
+# ---- figures and report ----------------------------------------------------------
+# Over training at the largest d_k, a column per rate: layer means (the entropy on a linear axis).
+TRAINING = [BandRow("max logit", "max_logit"),
+            BandRow("entropy / log(#keys)", "norm_entropy", linear=True),
+            BandRow("√(‖∇W_Q‖‖∇W_K‖)", "grad_qk"), BandRow("loss", "loss")]
 
 
 def init_spec(run) -> dict:
   """Logit std, saturation and Q/K gradients against d_k, at initialization."""
-  heads = list(run.config.d_heads)
-  guide = None
-  if "unscaled" in run.config.variants:
-    ref = np.nanmean(at_init(run, "logit_std", "unscaled", heads[0]))
-    guide = (heads, ref * np.sqrt(np.array(heads) / heads[0]), "∝ √d_k")
-  row = lambda what, ylabel, log, **kw: XRow(ylabel, lambda _, v: by_dhead(run, what, v), log,
-                                             **kw)
-  return dict(rows=[row("logit_std", "std of attention logits", True, guide=guide),
-                    row("norm_entropy", "entropy / log(#keys)", False),
-                    row("grad_qk", "√(‖∇W_Q‖‖∇W_K‖)", True)],
-              cols={"": None}, x=heads, xlabel="d_k (d_head)", bands=variant_bands(run),
+  return dict(rows=[XRow("std of attention logits", "logit_std", True,
+                         guide=("unscaled", 0.5, "∝ √d_k")),
+                    XRow("entropy / log(#keys)", "norm_entropy"),
+                    XRow("√(‖∇W_Q‖‖∇W_K‖)", "grad_qk", True)],
+              read=lambda what, _, v: at_init(run, what, v, run.config.d_heads),
+              cols={"": None}, x=list(run.config.d_heads), xlabel="d_k (d_head)",
+              bands=figure_kinds.styled(run.config.variants, COLORS, LABELS),
               title="At initialization: logits, softmax saturation and Q/K gradients vs d_k",
               note="layer mean; at initialization")
 
 
-def init_grad_spec(run) -> dict:
-  return dict(rows=[XRow("gradient norm at init (layer mean)",
-                         lambda v, m: by_dhead(run, f"grad_norm/{m}", v), True)],
-              cols={LABELS[v]: v for v in run.config.variants}, x=list(run.config.d_heads),
-              xlabel="d_k (d_head)", title="Per-matrix gradient norms at initialization",
-              note="at initialization", bands=[
-                  (m, plotting.MATRIX_COLORS[m], plotting.MATRIX_LABELS[m])
-                  for m in ("query", "key", "value", "out")])
-
-
 def lr_spec(run) -> dict:
-  row = lambda what, ylabel, log, **kw: XRow(ylabel, lambda d, v: over_rates(run, what, v, d),
-                                             log, **kw)
-  return dict(rows=[row("loss", "final loss", False,
-                        refs=[Ref(np.log(run.config.task.n_details))]),
-                    row("diverged", "fraction of seeds diverged", False, ylim=(-0.05, 1.05)),
-                    row("norm_entropy", "final attention entropy / log(#keys)", False),
-                    row("max_logit", "final max logit", True)],
+  """Final values against the learning rate, a column per d_k."""
+  return dict(rows=[XRow("final loss", "loss", refs=[Ref(np.log(run.config.task.n_details))]),
+                    XRow("fraction of seeds diverged", "diverged", ylim=(-0.05, 1.05)),
+                    XRow("final attention entropy / log(#keys)", "norm_entropy"),
+                    XRow("final max logit", "max_logit", True)],
+              read=lambda what, d, v: GRID.read(run, what, v, d, run.config.learning_rates),
               cols={f"d_k = {d}": d for d in run.config.d_heads},
-              x=list(run.config.learning_rates), xlabel="learning rate", bands=variant_bands(run),
+              x=list(run.config.learning_rates), xlabel="learning rate",
+              bands=figure_kinds.styled(run.config.variants, COLORS, LABELS),
               title=f"Learning-rate sensitivity after {run.config.steps} steps (dotted: chance "
               "loss log n_details)", note="per learning rate; diverged runs excluded from the "
               "bands")
-
-
-def training_rows(run) -> list[BandRow]:
-  """Layer means over training at the largest d_k (a column per rate)."""
-  return [BandRow(label, lambda c, w=what: series(run, w, condition=c)[1],
-                  linear=what == "norm_entropy")  # the entropy, in 0..1
-          for label, what in (("max logit", "max_logit"),
-                              ("entropy / log(#keys)", "norm_entropy"),
-                              ("√(‖∇W_Q‖‖∇W_K‖)", "grad_qk"), ("loss", "loss"))]
 
 
 def figures(run) -> list[Figure]:
@@ -208,11 +147,16 @@ def figures(run) -> list[Figure]:
   return [
       figure_kinds.against("Logit std, attention entropy and Q/K gradients vs d_k at "
                            "initialization", "init_vs_dhead", init_spec),
-      figure_kinds.against("Per-matrix gradient norms at initialization", "init_grad_norms",
-                           init_grad_spec),
+      figure_kinds.against(
+          "Per-matrix gradient norms at initialization", "init_grad_norms", lambda r: dict(
+              rows=[XRow("gradient norm at init (layer mean)", lambda v, m: at_init(
+                  r, f"grad_norm/{m}", v, r.config.d_heads), True)],
+              cols={LABELS[v]: v for v in r.config.variants}, x=list(r.config.d_heads),
+              xlabel="d_k (d_head)", title="Per-matrix gradient norms at initialization",
+              note="at initialization", bands=figure_kinds.styled())),
       figure_kinds.against("Learning-rate sensitivity per variant", "lr_sensitivity", lr_spec),
       figure_kinds.bands(
-          "Training curves at the largest d_k", "training_curves", training_rows,
+          "Training curves at the largest d_k", "training_curves", TRAINING,
           lambda r: {f"lr = {x:g}": {v: name(v, d, x) for v in r.config.variants}
                      for x in r.config.learning_rates}, COLORS, LABELS, width=3.1, log=True,
           suptitle=lambda r: f"Training at d_k = {d}: logit growth and entropy collapse "
@@ -224,14 +168,13 @@ def sections(run, summ) -> list[str]:
   """Layer means at initialization (per variant and d_k) and after training (per condition)."""
   del summ  # per-layer values at init are in summary["at_init"], final ones in ["final"]
   c = run.config
-  cell = lambda x: report.effect_cell(stats.describe(x))
-  init = [[d, v] + [cell(at_init(run, w, v, d)) for w in ("logit_std", "norm_entropy",
-                                                           "grad_qk")] + [c.init_seeds]
-          for d, v in itertools.product(c.d_heads, c.variants)]
-  end = [[d, v, f"{r:g}"] + [cell(trained(run, w, v, d, r)[1][:, -1])
+  init = [[d, v] + [report.seeds_cell(at_init(run, w, v, d)) for w in (
+      "logit_std", "norm_entropy", "grad_qk")] + [c.init_seeds]
+          for d in c.d_heads for v in c.variants]
+  end = [[d, v, f"{r:g}"] + [report.seeds_cell(GRID.read(run, w, v, d, r))
                              for w in ("loss", "norm_entropy", "max_logit")]
-         + [f"{np.mean(trained(run, 'diverged', v, d, r)[1][:, -1] > 0):.2f}"]
-         for d, v, r in itertools.product(c.d_heads, c.variants, c.learning_rates)]
+         + [f"{np.mean(GRID.read(run, 'diverged', v, d, r) > 0):.2f}"]
+         for d in c.d_heads for v in c.variants for r in c.learning_rates]
   return (["## At initialization", ""] + report.table(
       ["d_k", "variant", "logit std", "attention entropy / log(#keys)", "√(‖∇W_Q‖‖∇W_K‖)",
        "seeds"], init) + ["", "## After training (layer means)", ""] + report.table(
@@ -252,7 +195,6 @@ def describe(run) -> str:
 
 STUDY = study.Study(
     name="scaling", title="qkvjax: does dividing by √d_k keep softmax from saturating?",
-    task="selection", conditions=conditions,
-    metrics=(metrics.attention_signal, metrics.weight_norms), claims=claims,
-    figures=figures, describe=describe, validate=validate,
-    compile_options=train.FAST_COMPILE, sections=sections, init_seeds="init_seeds")
+    task="selection", conditions=conditions, compile_options=train.FAST_COMPILE,
+    metrics=(metrics.attention_signal, metrics.weight_norms), claims=claims, figures=figures,
+    describe=describe, validate=validate, sections=sections, init_seeds="init_seeds")
