@@ -4,7 +4,6 @@
 GPT-2 computes exactly, and the ones it cannot express."""
 
 import json
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -16,25 +15,16 @@ import qkvjax
 from experiments import run as run_cli
 from qkvjax import config as config_lib
 from qkvjax import models
+from qkvjax import registry
 from qkvjax import pretrained
 from qkvjax.config import ConfigError
 from qkvjax.metrics import circuits
 from qkvjax.pretrained import analysis
 from qkvjax.pretrained import export
+from tests.conftest import tiny_group
 
 pytest.importorskip("safetensors")
 SCORES = ("symmetry/", "directionality/", "ov_copying/")
-
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory) -> pathlib.Path:
-  """The headline model (--exp=specialization's defaults) trained 20 steps, 2 seeds."""
-  results = tmp_path_factory.mktemp("runs")
-  assert run_cli.main(["run", "--exp=specialization", "--config.num_seeds=2",
-                       "--config.steps=20", "--config.log_every=10", "--noprogress",
-                       f"--results_dir={results}", "--figure_formats=none"]) == 0
-  (run_dir,) = (results / "specialization").iterdir()
-  return run_dir
 
 
 def _tokens(model, n=3):
@@ -42,7 +32,10 @@ def _tokens(model, n=3):
   return jax.random.randint(jax.random.PRNGKey(1), (n, t), 0, v)
 
 
-def test_trained_run_round_trips_with_the_same_scores(trained_run, tmp_path):
+@tiny_group("specialization")
+def test_trained_run_round_trips_with_the_same_scores(tiny_run, tmp_path):
+  trained_run = tiny_run("specialization")
+  cfg = registry.load_config("specialization", "tiny")
   model = qkvjax.load_run_model(trained_run, seed=1)
   out = export.export(model, tmp_path / "gpt2", origin={"run_dir": str(trained_run),
                                                         "seed": 1})
@@ -64,9 +57,10 @@ def test_trained_run_round_trips_with_the_same_scores(trained_run, tmp_path):
   (run_dir,) = (results / "pretrained").iterdir()
   weights = json.loads((run_dir / "summary.json").read_text())["weights"]
   rows = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
-  logged = [r for r in rows if r.get("seed") == 1 and r.get("step") == 20][-1]
+  logged = [r for r in rows if r.get("seed") == 1 and r.get("step") == cfg.steps][-1]
   compared = [k for k in logged if k.startswith(("symmetry/", "ov_copying/"))]
-  assert len(compared) == 2 * (1 + 4) + 2 * 4  # per layer and head; copying per head
+  layers, heads = cfg.model.n_layers, cfg.model.n_heads  # per layer and head; copying per head
+  assert len(compared) == layers * (1 + heads) + layers * heads
   for key in compared:
     assert weights[key] == pytest.approx(logged[key], abs=1e-5), key
   for key, value in weights.items():
