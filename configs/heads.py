@@ -52,6 +52,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval_batch_size = 16
     c.task.n_categories, c.task.nouns_per_category, c.task.n_details = 3, 3, 3
     c.task.n_slots, c.task.n_adverbs, c.task.n_manners = 3, 3, 2
+    c.n_heads_list = (1, 2)
     c.model.update(d_model=16, d_mlp=16)
   elif arg is not None:
     raise ValueError(f"get_config({arg!r}): accepted: None, {', '.join(VARIANTS)}")

@@ -100,3 +100,21 @@ def tiny_run(tmp_path_factory):
 def copy_run(run_dir: pathlib.Path, dest: pathlib.Path) -> pathlib.Path:
   """A writable copy of a session run, named like it."""
   return pathlib.Path(shutil.copytree(run_dir, dest / run_dir.parent.name / run_dir.name))
+
+
+# Seconds each measured on 2 cores: what starts first, so that the two
+# workers end together (the tiny runs are paid by their group's first test).
+_FIRST = {"tiny-tied": 40, "test_multiprocess.py": 30, "test_readme.py": 30,
+          "tiny-heads": 15, "tiny-scaling": 20, "test_sweep.py": 25, "tiny-induction": 18,
+          "tiny-translation": 15, "test_cli.py": 15, "tiny-context": 10, "tiny-residual": 10}
+
+
+def pytest_collection_modifyitems(config, items):
+  """The slowest groups and files first; the rest keep their order."""
+  del config
+
+  def cost(item):
+    group = item.get_closest_marker("xdist_group")
+    key = group.args[0] if group else item.nodeid.split("::")[0].split("/")[-1]
+    return -_FIRST.get(key, 0)
+  items.sort(key=cost)  # stable

@@ -34,7 +34,7 @@ def _run_readme_command(cwd, extra, timeout=300):
   return proc
 
 
-def test_the_readme_first_command_runs_from_a_scratch_directory(tmp_path):
+def test_the_readme_first_command_runs_from_a_scratch_directory(tmp_path, monkeypatch, capsys):
   """Shrunk, with no --results_dir: relative default paths all the way down
   (Orbax refuses relative checkpoint paths); then every path flag given
   relative: --results_dir, --compilation_cache, --config.run_dir, --resume."""
@@ -54,18 +54,21 @@ def test_the_readme_first_command_runs_from_a_scratch_directory(tmp_path):
   assert json.loads((second / "config.json").read_text())["status"] == "complete"
   assert list((tmp_path / "cache").iterdir())  # compiled programs were cached there
 
+  # Redraw and resume through relative paths, in this process (same entry point).
+  from experiments import run as run_cli  # pylint: disable=g-import-not-at-top
+  monkeypatch.chdir(tmp_path)
   relative = str(second.relative_to(tmp_path))
   (second / "loss_accuracy.png").unlink()
-  _run_readme_command(tmp_path, ["--exp=figures", f"--config.run_dir={relative}",
-                                 "--figure_formats=png"])
+  assert run_cli.main(["run", "--exp=figures", f"--config.run_dir={relative}",
+                       "--figure_formats=png"]) == 0
   assert (second / "loss_accuracy.png").is_file()
 
   # A run marked interrupted resumes from its last checkpoint through a relative path.
   metrics = (second / "metrics.jsonl").read_text()
   saved = json.loads((second / "config.json").read_text())
   (second / "config.json").write_text(json.dumps({**saved, "status": "interrupted"}))
-  out = _run_readme_command(tmp_path, [f"--resume={relative}", "--noprogress",
-                                       "--figure_formats=png"])
-  assert f"wrote {second}" in out.stdout
+  assert run_cli.main(["run", f"--resume={relative}", "--noprogress",
+                       "--figure_formats=png"]) == 0
+  assert f"wrote {second}" in capsys.readouterr().out
   assert json.loads((second / "config.json").read_text())["status"] == "complete"
   assert (second / "metrics.jsonl").read_text() == metrics
