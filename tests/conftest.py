@@ -26,7 +26,7 @@ if not os.environ.get("QKVJAX_TEST_CACHE"):
   _OWN_CACHE = True
 else:
   _OWN_CACHE = False
-os.environ["QKVJAX_CACHE_DIR"] = os.environ["QKVJAX_TEST_CACHE"]
+os.environ["QKVJAX_CACHE_DIR"] = os.path.join(os.environ["QKVJAX_TEST_CACHE"], "jax")
 
 import pytest  # pylint: disable=wrong-import-position
 
@@ -74,24 +74,29 @@ def pytest_xdist_auto_num_workers(config):
 _TINY_RUNS: dict[str, pathlib.Path] = {}
 
 
-def tiny_group(exp: str):
-  """The xdist group of the tests that read ``exp``'s session run, so one
-  worker makes it and the others never need it."""
-  return pytest.mark.xdist_group(f"tiny-{exp}")
-
-
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory):
+def tiny_run():
   """``tiny_run(exp)``: the run directory of ``--exp=exp --config=tiny``, run
-  once per worker through the command line (PNG figures). Tests read it and
-  never change it; a test that changes a run copies it first (``copy_run``)."""
+  once per session through the command line (PNG figures): the first worker
+  to ask runs it under a file lock in the session's temporary directory, and
+  every other test, on any worker, reads it. Tests never change it; a test
+  that changes a run copies it first (``copy_run``)."""
+  import fcntl  # pylint: disable=g-import-not-at-top
+
   def get(exp: str) -> pathlib.Path:
     if exp not in _TINY_RUNS:
-      from experiments import run as run_cli  # pylint: disable=g-import-not-at-top
-      out = tmp_path_factory.mktemp(f"tiny-{exp}")
-      argv = ["run", f"--exp={exp}", "--config=tiny", f"--results_dir={out}",
-              "--figure_formats=png", "--noprogress"]
-      assert run_cli.main(argv) == 0, exp
+      root = pathlib.Path(os.environ["QKVJAX_TEST_CACHE"]) / "tiny-runs"
+      root.mkdir(exist_ok=True)
+      with open(root / f"{exp}.lock", "w", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        out = root / exp
+        if not (root / f"{exp}.done").exists():
+          from experiments import run as run_cli  # pylint: disable=g-import-not-at-top
+          shutil.rmtree(out, ignore_errors=True)
+          argv = ["run", f"--exp={exp}", "--config=tiny", f"--results_dir={out}",
+                  "--figure_formats=png", "--noprogress"]
+          assert run_cli.main(argv) == 0, exp
+          (root / f"{exp}.done").touch()
       (_TINY_RUNS[exp],) = (out / exp).iterdir()
     return _TINY_RUNS[exp]
   return get
@@ -102,19 +107,17 @@ def copy_run(run_dir: pathlib.Path, dest: pathlib.Path) -> pathlib.Path:
   return pathlib.Path(shutil.copytree(run_dir, dest / run_dir.parent.name / run_dir.name))
 
 
-# Seconds each measured on 2 cores: what starts first, so that the two
-# workers end together (the tiny runs are paid by their group's first test).
-_FIRST = {"tiny-tied": 40, "test_multiprocess.py": 30, "test_readme.py": 30,
-          "tiny-heads": 15, "tiny-scaling": 20, "test_sweep.py": 25, "tiny-induction": 18,
-          "tiny-translation": 15, "test_cli.py": 15, "tiny-context": 10, "tiny-residual": 10}
+# What starts first, so that the two workers end together: the tiny variant
+# of every experiment (each run once, by whichever worker asks first), then
+# the files that start processes, then the rest in their order.
+_FIRST = ("test_tiny.py", "test_multiprocess.py", "test_readme.py", "test_sweep.py",
+          "test_sharding.py", "test_cli.py", "test_host_linalg.py")
 
 
 def pytest_collection_modifyitems(config, items):
-  """The slowest groups and files first; the rest keep their order."""
   del config
 
-  def cost(item):
-    group = item.get_closest_marker("xdist_group")
-    key = group.args[0] if group else item.nodeid.split("::")[0].split("/")[-1]
-    return -_FIRST.get(key, 0)
-  items.sort(key=cost)  # stable
+  def rank(item):
+    name = item.nodeid.split("::")[0].split("/")[-1]
+    return _FIRST.index(name) if name in _FIRST else len(_FIRST)
+  items.sort(key=rank)  # stable

@@ -16,7 +16,6 @@ from qkvjax import metrics
 from qkvjax import models
 from qkvjax.studies import context as study
 from qkvjax.tasks import context as context_task
-from tests.conftest import tiny_group
 
 
 def tiny_context_config(**model):
@@ -125,7 +124,6 @@ def test_ridge_probe_matches_a_direct_solve():
   assert 0.6 < direct and abs(float(got) - direct) <= 1 / (~fit).sum()  # one row at most
 
 
-@tiny_group("context")
 def test_end_to_end_tiny_run(tiny_run):
   run_dir = tiny_run("context")
   for name in ["config.json", "task.json", "metrics.jsonl", "summary.json", "report.md",

@@ -20,7 +20,6 @@ from qkvjax.metrics import heads as head_profiles
 from qkvjax.studies import heads
 from qkvjax.tasks import relations
 from tests.conftest import tiny_config
-from tests.conftest import tiny_group
 
 
 def _task():
@@ -128,7 +127,6 @@ def test_bad_head_list_on_the_command_line_exits_2(tmp_path, capsys):
   assert not (tmp_path / "heads").exists()
 
 
-@tiny_group("heads")
 def test_end_to_end_tiny_run_writes_every_file(tiny_run):
   run_dir = tiny_run("heads")
   n_heads = registry.load_config("heads", "tiny").n_heads_list

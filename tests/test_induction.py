@@ -19,7 +19,6 @@ from qkvjax import models
 from qkvjax.metrics import induction as ind
 from qkvjax.tasks import induction as task_lib
 from tests.conftest import ROOT
-from tests.conftest import tiny_group
 
 
 def _task(**kw):
@@ -240,7 +239,6 @@ def test_conditions_are_three_programs_and_the_paper_variant_is_valid(tmp_path):
   study.check(study_mod.STUDY, cfg_mod.get_config("paper"), tmp_path)
 
 
-@tiny_group("induction")
 def test_end_to_end_tiny(tiny_run):
   import json  # pylint: disable=g-import-not-at-top
   run_dir = tiny_run("induction")

@@ -8,7 +8,6 @@ from qkvjax import registry
 from qkvjax import study
 from qkvjax.studies import init_scale
 from tests.conftest import tiny_config
-from tests.conftest import tiny_group
 
 
 def test_scales_fold_into_one_program():
@@ -19,7 +18,6 @@ def test_scales_fold_into_one_program():
   assert [p["model.qkv_init_scale"] for p in prog.points] == [0.1, 0.3, 1.0, 3.0]
 
 
-@tiny_group("init_scale")
 def test_end_to_end(tiny_run):
   run_dir = tiny_run("init_scale")
   summary = json.loads((run_dir / "summary.json").read_text())

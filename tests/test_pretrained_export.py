@@ -21,7 +21,6 @@ from qkvjax.config import ConfigError
 from qkvjax.metrics import circuits
 from qkvjax.pretrained import analysis
 from qkvjax.pretrained import export
-from tests.conftest import tiny_group
 
 pytest.importorskip("safetensors")
 SCORES = ("symmetry/", "directionality/", "ov_copying/")
@@ -32,7 +31,6 @@ def _tokens(model, n=3):
   return jax.random.randint(jax.random.PRNGKey(1), (n, t), 0, v)
 
 
-@tiny_group("specialization")
 def test_trained_run_round_trips_with_the_same_scores(tiny_run, tmp_path):
   trained_run = tiny_run("specialization")
   cfg = registry.load_config("specialization", "tiny")

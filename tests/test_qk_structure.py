@@ -10,7 +10,6 @@ from flax import nnx
 from scipy import stats as sp_stats
 
 from qkvjax import metrics, models
-from tests.conftest import tiny_group
 
 
 def _gaussian(seed, d):
@@ -121,8 +120,7 @@ def test_metric_group_on_a_model(tiny, tie, expected):
     assert abs(float(out["symmetry/L1/H0"])) < 0.5  # independent draws: near 0
 
 
-@pytest.mark.parametrize("exp", [pytest.param(e, marks=tiny_group(e)) for e in
-                                 ("specialization", "tied", "symmetry")])
+@pytest.mark.parametrize("exp", ("specialization", "tied", "symmetry"))
 def test_every_study_logs_the_scores(tiny_run, exp):
   from qkvjax import results, study
   assert metrics.qk_structure in study.study_of(exp).logged_metrics()

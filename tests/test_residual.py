@@ -22,7 +22,6 @@ from qkvjax import tasks
 from qkvjax import train
 from qkvjax.studies import residual
 from tests.conftest import tiny_config
-from tests.conftest import tiny_group
 
 
 def test_rank_collapse_closed_forms():
@@ -101,7 +100,6 @@ def test_conditions_fold_the_residual_scale_per_depth():
 
 
 
-@tiny_group("residual")
 def test_end_to_end_writes_every_file(tiny_run):
   run_dir = tiny_run("residual")
   names = ["config.json", "task.json", "metrics.jsonl", "summary.json", "report.md"]

@@ -21,7 +21,6 @@ from qkvjax import study
 from qkvjax import tasks
 from qkvjax import train
 from qkvjax.studies import scaling
-from tests.conftest import tiny_group
 
 D_KS = (8, 32, 128)
 
@@ -104,7 +103,6 @@ def test_rates_and_attention_scales_fold_into_one_program_that_equals_each_alone
   np.testing.assert_array_equal(q0[0:2], q0[2 * i:2 * i + 2])
 
 
-@tiny_group("scaling")
 def test_tiny_run_writes_every_file_and_init_seeds_are_training_seeds(tiny_run):
   run_dir = tiny_run("scaling")
   c = registry.load_config("scaling", "tiny")

@@ -18,7 +18,6 @@ from qkvjax import runner
 from qkvjax import sweep
 from qkvjax.studies import specialization
 from tests.conftest import copy_run
-from tests.conftest import tiny_group
 
 TINY = ["--config.num_seeds=2", "--config.steps=4", "--config.log_every=2",
         "--config.batch_size=8", "--config.model.d_model=16", "--config.model.n_heads=2",
@@ -137,7 +136,6 @@ def test_an_interrupted_run_resumes_to_the_same_metrics_line_for_line(tmp_path, 
   assert sorted(p.stat().st_mtime_ns for p in cut.rglob("*") if p.is_file()) == before
 
 
-@tiny_group("specialization")
 def test_trained_parameters_load_back(tiny_run, tmp_path):
   run_dir = copy_run(tiny_run("specialization"), tmp_path)  # a checkpoint is added below
   params = qkvjax.load_run_params(run_dir)

@@ -15,7 +15,6 @@ from qkvjax import study
 from qkvjax import tasks
 from qkvjax.studies import symmetry
 from qkvjax.tasks import text
-from tests.conftest import tiny_group
 
 
 def _task(objective, vocab_size=64, seq_len=16, mask_rate=0.25):
@@ -83,7 +82,6 @@ def test_conditions_are_two_programs_with_their_own_task_and_mask():
   assert set(tasks.BUILDERS) >= {"causal_text", "masked_text"}
 
 
-@tiny_group("symmetry")
 def test_end_to_end(tiny_run):
   run_dir = tiny_run("symmetry")
   summary = json.loads((run_dir / "summary.json").read_text())

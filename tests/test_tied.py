@@ -17,7 +17,6 @@ from qkvjax import study
 from qkvjax.studies import tied
 from qkvjax.tasks import relations
 from tests.conftest import tiny_config
-from tests.conftest import tiny_group
 
 
 def test_match_task_targets_the_other_noun_of_the_probes_category():
@@ -128,7 +127,6 @@ def test_bad_config_is_a_one_line_config_error(tmp_path, override, expected):
   assert "\n" not in str(err.value) and not (tmp_path / "results").exists()
 
 
-@tiny_group("tied")
 def test_end_to_end_tiny_run_writes_every_file(tiny_run):
   run_dir = tiny_run("tied")
   conditions = set(study.study_of("tied").conditions(registry.load_config("tied", "tiny")))

@@ -9,7 +9,6 @@ from qkvjax import registry
 from qkvjax import results
 from qkvjax import study as study_lib
 from tests.conftest import copy_run
-from tests.conftest import tiny_group
 
 # Skipped: claims (runs the others), figures (redraws) and pretrained (no
 # training; tests/test_pretrained.py runs it on its fixtures). Each study's
@@ -36,12 +35,11 @@ def _check_complete(run_dir, exp):
   return saved
 
 
-@pytest.mark.parametrize("exp", [pytest.param(e, marks=tiny_group(e)) for e in TRAINING])
+@pytest.mark.parametrize("exp", TRAINING)
 def test_tiny_variant_runs_every_condition_claim_and_figure(tiny_run, exp):
   _check_complete(tiny_run(exp), exp)
 
 
-@tiny_group("specialization")
 def test_a_complete_run_resumes_as_complete_and_an_interrupted_one_line_for_line(
     tiny_run, tmp_path):
   run_dir = copy_run(tiny_run("specialization"), tmp_path)

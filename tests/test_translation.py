@@ -19,7 +19,6 @@ from qkvjax import results
 from qkvjax import study
 from qkvjax.studies import translation
 from qkvjax.tasks import spelling
-from tests.conftest import tiny_group
 
 SMALL_DATA = dict(min_word_len=3, max_word_len=8, n_train=40, n_heldout=16,
                   heldout_fraction=0.1)
@@ -182,7 +181,6 @@ def test_check_rejects_bad_values_in_one_line(tmp_path, path, value):
   assert f"config.{path}=" in str(err.value) and "\n" not in str(err.value)
 
 
-@tiny_group("translation")
 def test_tiny_run_writes_its_files(tiny_run):
   run_dir = tiny_run("translation")
   for name in ("config.json", "task.json", "metrics.jsonl", "samples.json", "summary.json",
