@@ -311,8 +311,7 @@ def evaluate(claim: Claim, run: results.Run) -> dict[str, Any]:
 def summarize(study: Study, run: results.Run) -> dict[str, Any]:
   """Claims with raw and corrected verdicts, diverged seeds, and every
   metric's final value per condition (mean, std, CI, per seed)."""
-  claims = [evaluate(c, run) for c in study.claims(run)]
-  stats.correct(claims)
+  claims = judge(study.claims(run), run)
   final, diverged = {}, {}
   steps = sorted({r["step"] for r in run.rows if r.get("phase", "train") == "train"})
   for name in run.conditions:

@@ -34,6 +34,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
   sys.path.insert(0, str(ROOT))
 
+from qkvjax import config as config_lib
 from qkvjax import registry
 from qkvjax import train
 
@@ -52,11 +53,7 @@ def tiny_config(**overrides):
   share its compiled programs with the command line's tiny runs."""
   c = registry.load_config("specialization", "tiny")
   for path, value in overrides.items():
-    node = c
-    *parents, leaf = path.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+    config_lib.set_field(c, path, value)
   return c
 
 
